@@ -1,0 +1,61 @@
+# Deep Learning for Remote Sensing: the two commands are `make course` and `make test`.
+# Everything runs inside .venv, which `make setup` creates on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.course-installed
+# `make test` runs the notebooks in smoke mode; `COURSE_MODE=full make test` is the GPU-kernel run.
+TEST_MODE ?= $(or $(COURSE_MODE),smoke)
+# pytest-xdist workers: notebooks are spread over workers, a notebook's cells stay on one (loadscope).
+WORKERS ?= 2
+
+.PHONY: help setup course test unit nbtest lint strip lab clean
+
+help:
+	@echo "make course   set up, generate the data, run every notebook (default mode), print the results table"
+	@echo "make test     set up, lint, unit tests + every notebook under nbval in smoke mode"
+	@echo "make lab      open the notebooks in JupyterLab"
+	@echo "make strip    strip outputs from the notebooks before a commit"
+	@echo "make lint     ruff over code and notebooks"
+	@echo "make clean    remove executed notebooks and results (keeps .venv and the data cache)"
+
+setup: $(STAMP)
+
+# torch and torchvision are pinned as a pair in constraints.txt. Both come from the package
+# registry: torchvision's wheels only import beside torch's regular build, not beside a CPU-only
+# torch wheel ("operator torchvision::nms does not exist"), so a local CPU wheel must not be used.
+$(STAMP): pyproject.toml constraints.txt tools/check_env.py
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10 or newer is needed; set PYTHON=python3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --constraint constraints.txt torch torchvision
+	$(BIN)/pip install --quiet --constraint constraints.txt --editable ".[dev]"
+	$(PY) tools/check_env.py
+	@touch $(STAMP)
+
+course: setup
+	$(PY) tools/run_course.py
+
+test: setup lint
+	COURSE_MODE=$(TEST_MODE) OMP_NUM_THREADS=1 $(PY) -m pytest -n $(WORKERS) --dist loadscope \
+		--nbval-lax --nbval-current-env tests notebooks
+
+unit: setup
+	$(PY) -m pytest tests
+
+nbtest: setup
+	COURSE_MODE=$(TEST_MODE) $(PY) -m pytest --nbval-lax --nbval-current-env notebooks
+
+lint: setup
+	$(BIN)/ruff check .
+	$(PY) tools/notebooks.py check
+
+strip: setup
+	$(PY) tools/notebooks.py strip
+
+lab: setup
+	$(BIN)/jupyter lab notebooks
+
+clean:
+	rm -rf build results

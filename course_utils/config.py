@@ -1,0 +1,174 @@
+"""Run mode, device, seeding and the course's folders.
+
+Every notebook starts with :func:`setup_notebook`, which reads ``COURSE_MODE``,
+picks the device, seeds every random generator and prints what it chose.
+
+Folders are found from this package's location, never from the working
+directory, so a notebook runs the same from any folder:
+
+* in a clone of the repository (``pip install -e .``), the data cache is
+  ``<repo>/data/cache`` and results go to ``<repo>/results``;
+* when the package is installed elsewhere (Colab, ``pip install git+...``),
+  both live under ``~/.cache/dl4rs-course``;
+* ``COURSE_DATA_DIR`` and ``COURSE_RESULTS_DIR`` override either.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+#: The course's public repository. Notebooks' Colab install line and badges use
+#: this URL; ``python tools/notebooks.py sync`` writes it into them.
+REPOSITORY_URL = "https://github.com/dl4rs-course/dl4rs-course"
+
+MODES = ("smoke", "lite", "full")
+"""``smoke``: CI, tiny data. ``lite``: a laptop CPU or Binder. ``full``: one GPU."""
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+T = TypeVar("T")
+
+
+def repo_root() -> Path | None:
+    """The repository checkout this package sits in, or ``None`` when installed elsewhere."""
+    candidate = PACKAGE_DIR.parent
+    if (candidate / "pyproject.toml").is_file() and (candidate / "notebooks").is_dir():
+        return candidate
+    return None
+
+
+def _course_dir(env_var: str, in_repo: str, name: str) -> Path:
+    override = os.environ.get(env_var)
+    if override:
+        return Path(override).expanduser().resolve()
+    root = repo_root()
+    if root is not None:
+        return root / in_repo
+    return Path.home() / ".cache" / "dl4rs-course" / name
+
+
+def data_dir() -> Path:
+    """Folder of the generated (and downloaded) data cache; created on demand by the writers."""
+    return _course_dir("COURSE_DATA_DIR", "data/cache", "data")
+
+
+def results_dir() -> Path:
+    """Folder where notebooks record their headline numbers (``results/<notebook>.json``)."""
+    return _course_dir("COURSE_RESULTS_DIR", "results", "results")
+
+
+def get_mode() -> str:
+    """The run mode from ``COURSE_MODE``; default ``full`` when CUDA is available, else ``lite``.
+
+    Raises:
+        ValueError: if ``COURSE_MODE`` is set to something other than smoke, lite or full.
+    """
+    value = os.environ.get("COURSE_MODE", "").strip().lower()
+    if not value:
+        return "full" if torch.cuda.is_available() else "lite"
+    if value not in MODES:
+        raise ValueError(
+            f"COURSE_MODE={value!r} is not a mode; use one of {', '.join(MODES)} "
+            "(for example `COURSE_MODE=smoke make test`)."
+        )
+    return value
+
+
+def by_mode(mode: str, *, smoke: T, lite: T, full: T) -> T:
+    """Pick the value for ``mode``: the parameters cell's one way to scale a notebook."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    return {"smoke": smoke, "lite": lite, "full": full}[mode]
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """The device to compute on: ``COURSE_DEVICE`` or ``prefer`` if given, else CUDA, Apple MPS, CPU."""
+    name = prefer or os.environ.get("COURSE_DEVICE")
+    if name:
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {name!r} was asked for, but CUDA is not available here; unset COURSE_DEVICE.")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and PyTorch (all devices).
+
+    With ``deterministic=True`` PyTorch also avoids non-deterministic kernels;
+    this is slower on a GPU and only needed when bit-identical runs matter.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def package_versions(names: tuple[str, ...] = ("torch", "torchvision", "numpy", "rasterio", "geopandas")) -> dict[str, str]:
+    """Installed versions of the given distributions (``"missing"`` for those not installed)."""
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
+
+
+def device_name(device: torch.device) -> str:
+    """A readable device label, e.g. ``cuda (NVIDIA H100 80GB HBM3)`` or ``cpu (2 threads)``."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return device.type
+
+
+@dataclass
+class NotebookRun:
+    """What a notebook run decided at its start; pass it to :func:`course_utils.report.save_results`."""
+
+    notebook: str
+    mode: str
+    device: torch.device
+    seed: int
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        """Seconds since the notebook's setup cell ran."""
+        return time.perf_counter() - self.started
+
+
+def setup_notebook(notebook: str, seed: int = 0, mode: str | None = None) -> NotebookRun:
+    """Start a notebook: read the mode, choose the device, seed everything, print the set-up.
+
+    Args:
+        notebook: the notebook's file stem, e.g. ``"00_welcome"``; names its results file.
+        seed: the seed for Python, NumPy and PyTorch.
+        mode: overrides ``COURSE_MODE`` (mostly for tests).
+    """
+    run = NotebookRun(notebook=notebook, mode=mode or get_mode(), device=get_device(), seed=seed)
+    seed_everything(seed)
+    versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
+    print(f"{notebook}: mode={run.mode} device={device_name(run.device)} seed={seed}")
+    print(f"versions: {versions}")
+    print(f"data cache: {data_dir()}")
+    if "google.colab" in sys.modules and run.device.type == "cpu":
+        print("Tip: Runtime > Change runtime type > GPU makes the full mode practical on Colab.")
+    return run
