@@ -113,14 +113,16 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     this is slower on a GPU and only needed when bit-identical runs matter.
     """
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - seeds the legacy global RNG that learners' code may use
     torch.manual_seed(seed)  # also seeds every CUDA device
     os.environ["PYTHONHASHSEED"] = str(seed)
     torch.backends.cudnn.benchmark = not deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def package_versions(names: tuple[str, ...] = ("torch", "torchvision", "numpy", "rasterio", "geopandas")) -> dict[str, str]:
+def package_versions(
+    names: tuple[str, ...] = ("torch", "torchvision", "numpy", "rasterio", "geopandas"),
+) -> dict[str, str]:
     """Installed versions of the given distributions (``"missing"`` for those not installed)."""
     versions = {"python": platform.python_version()}
     for name in names:

@@ -63,6 +63,8 @@ def results_table(records: list[dict[str, Any]]) -> str:
         (r["notebook"], r["mode"], r["device"], f"{r['seconds'] / 60:.1f}", r["headline"]) for r in records
     ]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines = [
+        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

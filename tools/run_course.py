@@ -1,0 +1,71 @@
+"""Run every course notebook headless in the current mode and print the results table.
+
+    python tools/run_course.py [NOTEBOOK ...]    # default: all notebooks in notebooks/
+
+Executed copies go to build/executed/ (git-ignored); each notebook runs with that folder as its
+working directory, which also shows that no notebook depends on where it is started from.
+Each notebook records its headline numbers in results/<notebook>.json; the table is printed from there.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from course_utils.config import device_name, get_device, get_mode, repo_root, results_dir
+from course_utils.report import load_results, results_table
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+EXECUTED = Path(__file__).resolve().parent.parent / "build" / "executed"
+
+
+def run_notebook(path: Path) -> tuple[bool, float]:
+    """Execute one notebook into EXECUTED; returns (succeeded, seconds). A failing copy is kept for reading."""
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(EXECUTED)}})
+    started = time.perf_counter()
+    try:
+        client.execute()
+        ok = True
+    except CellExecutionError as error:
+        print(f"FAILED {path.name}: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
+        ok = False
+    nbformat.write(nb, EXECUTED / path.name)
+    return ok, time.perf_counter() - started
+
+
+def main(names: list[str]) -> int:
+    paths = [NOTEBOOKS / n for n in names] if names else sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        print(f"no such notebook: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    EXECUTED.mkdir(parents=True, exist_ok=True)
+    print(f"mode={get_mode()} device={device_name(get_device())} repo={repo_root()}")
+    failed = []
+    for path in paths:
+        print(f"running {path.name} ...", flush=True)
+        ok, seconds = run_notebook(path)
+        print(f"  {'done' if ok else 'FAILED'} in {seconds / 60:.1f} min -> {EXECUTED / path.name}")
+        if not ok:
+            failed.append(path.name)
+    ran = {p.stem for p in paths}
+    records = [r for r in load_results() if r["notebook"] in ran]
+    print()
+    print(results_table(records) if records else f"no results recorded in {results_dir()}")
+    silent = sorted(ran - {r["notebook"] for r in records})
+    if silent:
+        print(f"\nno results file from: {', '.join(silent)}")
+    if failed:
+        print(f"\nFAILED: {', '.join(failed)} (read the executed copies in {EXECUTED})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
