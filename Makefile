@@ -27,7 +27,7 @@ setup: $(STAMP)
 # registry: torchvision's wheels only import beside torch's regular build, not beside a CPU-only
 # torch wheel ("operator torchvision::nms does not exist"), so a local CPU wheel must not be used.
 $(STAMP): pyproject.toml constraints.txt tools/check_env.py
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10 or newer is needed; set PYTHON=python3.11"'
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed; set PYTHON=python3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --constraint constraints.txt torch torchvision
 	$(BIN)/pip install --quiet --constraint constraints.txt --editable ".[dev]"

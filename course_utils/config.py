@@ -15,13 +15,13 @@ directory, so a notebook runs the same from any folder:
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import random
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TypeVar
 
@@ -121,14 +121,18 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def package_versions(
-    names: tuple[str, ...] = ("torch", "torchvision", "numpy", "rasterio", "geopandas"),
+    modules: tuple[str, ...] = ("torch", "torchvision", "numpy", "rasterio", "geopandas"),
 ) -> dict[str, str]:
-    """Installed versions of the given distributions (``"missing"`` for those not installed)."""
+    """Versions of the given modules as they report them (``"missing"`` for those not installed).
+
+    A module's own ``__version__`` tells more than the package metadata: ``2.14.1+cu130`` says
+    which CUDA build of torch is installed.
+    """
     versions = {"python": platform.python_version()}
-    for name in names:
+    for name in modules:
         try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
+            versions[name] = str(getattr(importlib.import_module(name), "__version__", "?"))
+        except ImportError:
             versions[name] = "missing"
     return versions
 

@@ -1,0 +1,57 @@
+"""environment.yml and binder/ cannot be resolved here; check they agree with pyproject and constraints."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement(line: str) -> tuple[str, str]:
+    """(normalised name, version) of a pinned requirement line like ``torch==2.14.1+cpu``."""
+    name, _, version = line.partition("==")
+    return normalise(name.strip()), version.strip().split("+")[0]
+
+
+def project_packages() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + project["optional-dependencies"]["dev"]
+    return {normalise(re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0]) for r in requirements}
+
+
+def constraints() -> dict[str, str]:
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    return dict(requirement(line) for line in lines if line and not line.startswith("#"))
+
+
+def check_pins(pins: list[tuple[str, str]], where: str) -> None:
+    assert {name for name, _ in pins} == project_packages(), f"{where} names other packages than pyproject.toml"
+    tested = constraints()
+    wrong = {name: version for name, version in pins if tested.get(name) != version}
+    assert not wrong, f"{where} pins versions that differ from constraints.txt: {wrong}"
+
+
+def test_every_project_package_is_pinned_in_constraints() -> None:
+    assert project_packages() <= set(constraints())
+
+
+def test_environment_yml_matches_pyproject() -> None:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "-e ." in pip_section
+    check_pins([requirement(line) for line in pip_section if "==" in line], "environment.yml")
+
+
+def test_binder_matches_pyproject_and_fails_loudly() -> None:
+    lines = (ROOT / "binder" / "requirements.txt").read_text().splitlines()
+    check_pins([requirement(line) for line in lines if "==" in line], "binder/requirements.txt")
+    post_build = (ROOT / "binder" / "postBuild").read_text()
+    assert "set -euo pipefail" in post_build and "pip install --no-deps --editable ." in post_build
