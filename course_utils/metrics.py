@@ -1,0 +1,71 @@
+"""Classification and segmentation metrics from a confusion matrix.
+
+Everything is computed from one confusion matrix ``cm[true, predicted]`` accumulated over a whole
+split (not averaged per batch, which would weight small batches too much):
+
+* overall accuracy ``trace(cm) / sum(cm)``;
+* per-class IoU (Jaccard) ``TP / (TP + FP + FN)``;
+* per-class F1 (Dice) ``2 TP / (2 TP + FP + FN)``.
+
+A class that never occurs and is never predicted has no defined IoU/F1: it is NaN, and the
+``mean_*`` functions skip it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def confusion_matrix(
+    predicted: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    num_classes: int,
+    ignore_index: int | None = None,
+) -> np.ndarray:
+    """``[num_classes, num_classes]`` int64 counts, rows = true class, columns = predicted class."""
+    predicted = np.asarray(predicted.cpu() if isinstance(predicted, torch.Tensor) else predicted).ravel()
+    target = np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target).ravel()
+    if predicted.shape != target.shape:
+        raise ValueError(f"predicted and target differ in size: {predicted.size} vs {target.size}")
+    keep = target != ignore_index if ignore_index is not None else np.ones_like(target, dtype=bool)
+    predicted, target = predicted[keep].astype(np.int64), target[keep].astype(np.int64)
+    for name, values in (("predicted", predicted), ("target", target)):
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(f"{name} holds classes outside 0..{num_classes - 1}: {np.unique(values)}")
+    return np.bincount(target * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def accuracy(cm: np.ndarray) -> float:
+    """Overall accuracy: the fraction of samples on the diagonal."""
+    return float(np.trace(cm) / max(cm.sum(), 1))
+
+
+def _true_false(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    return tp, cm.sum(0) - tp, cm.sum(1) - tp  # TP, FP, FN per class
+
+
+def iou_per_class(cm: np.ndarray) -> np.ndarray:
+    """Intersection over union per class (NaN for a class absent from both target and prediction)."""
+    tp, fp, fn = _true_false(cm)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return tp / (tp + fp + fn)
+
+
+def f1_per_class(cm: np.ndarray) -> np.ndarray:
+    """F1 score (Dice) per class (NaN for a class absent from both target and prediction)."""
+    tp, fp, fn = _true_false(cm)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 2 * tp / (2 * tp + fp + fn)
+
+
+def mean_iou(cm: np.ndarray) -> float:
+    """Mean IoU over the classes where it is defined."""
+    return float(np.nanmean(iou_per_class(cm)))
+
+
+def mean_f1(cm: np.ndarray) -> float:
+    """Class-mean F1 (macro F1) over the classes where it is defined."""
+    return float(np.nanmean(f1_per_class(cm)))
