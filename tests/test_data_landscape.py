@@ -1,0 +1,246 @@
+"""Landscape patches: files, determinism, physics that can fail, Dataset and pixel sampling (smoke size)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import torch
+
+from course_utils.data import landscape as ls
+from course_utils.data.store import read_catalog
+from course_utils.geo import read_raster
+
+MODALITY_FILES = {"s2": "uint16", "s1": "float32", "dem": "float32", "landcover": "uint8", "cloud": "uint8"}
+
+
+@pytest.fixture(scope="module")
+def folder(course_data_dir: Path) -> Path:
+    return ls.ensure_landscape("smoke", seed=0)
+
+
+@pytest.fixture(scope="module")
+def catalog(folder: Path) -> pd.DataFrame:
+    return read_catalog(folder)
+
+
+@pytest.fixture(scope="module")
+def pixels(folder: Path, catalog: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Every pixel of the smoke set: S2 reflectance [12, N], S1 dB [2, N], WorldCover codes and cloud mask [N]."""
+    arrays: dict[str, list[np.ndarray]] = {"s2": [], "s1": [], "landcover": [], "cloud": []}
+    for _, row in catalog.iterrows():
+        for key in arrays:
+            array = ls.read_modality(folder, row[key], key)
+            arrays[key].append(array.reshape(array.shape[0], -1))
+    joined = {key: np.concatenate(parts, axis=1) for key, parts in arrays.items()}
+    joined["landcover"] = joined["landcover"][0].astype(np.uint8)
+    joined["cloud"] = joined["cloud"][0].astype(np.uint8)
+    return joined
+
+
+def _class_mean(pixels: dict[str, np.ndarray], modality: str, band: int, code: int) -> float:
+    chosen = (pixels["landcover"] == code) & (pixels["cloud"] == ls.CLOUD_CLEAR)
+    assert chosen.sum() > 100, f"too few clear {ls.WORLDCOVER[code]} pixels in the smoke set to test on"
+    return float(pixels[modality][band, chosen].mean())
+
+
+def test_catalog_columns_splits_and_sizes(catalog: pd.DataFrame) -> None:
+    assert len(catalog) == ls.patch_count("smoke") == 48
+    assert catalog["split"].value_counts().to_dict() == {"train": 34, "val": 7, "test": 7}
+    assert catalog["id"].is_unique
+    assert set(catalog["region"]) <= set(ls.CLIMATES) and catalog["region"].nunique() >= 4
+    assert set(catalog["season"]) <= set(ls.SEASONS)
+    fractions = catalog[[f"frac_{name}" for name in ls.CLASS_NAMES]].to_numpy()
+    np.testing.assert_allclose(fractions.sum(axis=1), 1.0, atol=1e-4)
+    assert catalog["cloud_cover"].between(0, 1).all()
+    assert (catalog["cloud_cover"] == 0).mean() > 0.4, "most patches should be clear"
+    assert (catalog["cloud_cover"] > 0.3).any(), "some patches should be heavily cloudy"
+
+
+def test_dominant_labels_are_balanced(catalog: pd.DataFrame) -> None:
+    counts = catalog["label"].value_counts()
+    assert len(counts) >= 8, f"only {len(counts)} classes ever dominate"
+    assert counts.max() <= 0.25 * len(catalog)
+
+
+def test_label_is_argmax_of_fractions_from_the_raster(folder: Path, catalog: pd.DataFrame) -> None:
+    for _, row in catalog.iterrows():
+        codes, _ = read_raster(folder / row["landcover"])
+        fractions = np.bincount(ls.codes_to_indices(codes).ravel(), minlength=ls.NUM_CLASSES) / codes.size
+        np.testing.assert_allclose(row[[f"frac_{n}" for n in ls.CLASS_NAMES]].to_numpy(float), fractions, atol=1e-5)
+        assert row["label"] == fractions.argmax()
+
+
+def test_files_are_coregistered_utm_geotiffs(folder: Path, catalog: pd.DataFrame) -> None:
+    for _, row in catalog.iloc[::8].iterrows():
+        grids = set()
+        for key, dtype in MODALITY_FILES.items():
+            with rasterio.open(folder / row[key]) as src:
+                assert src.driver == "GTiff" and src.dtypes[0] == dtype
+                assert src.crs.to_epsg() == int(row["crs"].split(":")[1]) and 32601 <= src.crs.to_epsg() <= 32660
+                assert src.res == (10.0, 10.0)
+                grids.add((src.crs.to_string(), tuple(src.transform), src.width, src.height))
+        assert len(grids) == 1, f"{row['id']}: modalities are not on one grid: {grids}"
+        assert next(iter(grids))[2:] == (ls.PATCH_SIZE, ls.PATCH_SIZE)
+        climate = ls.CLIMATES[row["region"]]
+        assert abs(row["lon"] - climate.lon) < 1.0 and abs(row["lat"] - climate.lat) < 1.0
+
+
+def test_value_ranges(pixels: dict[str, np.ndarray], catalog: pd.DataFrame) -> None:
+    assert pixels["s2"].min() >= 0 and np.percentile(pixels["s2"], 99.9) <= 1.2
+    low, high = np.percentile(pixels["s1"], [0.1, 99.9])
+    assert -32 <= low and high <= 10, f"S1 dB range {low:.1f}..{high:.1f}"
+    assert set(np.unique(pixels["landcover"])) <= set(ls.CLASS_CODES)
+    assert set(np.unique(pixels["cloud"])) <= {ls.CLOUD_CLEAR, ls.CLOUD, ls.CLOUD_SHADOW}
+    assert catalog["air_temperature"].between(-40, 45).all() and (catalog["precipitation"] >= 0).all()
+
+
+def test_water_is_dark_in_nir_and_vv(pixels: dict[str, np.ndarray]) -> None:
+    nir, vv = ls.S2_BANDS.index("B8"), ls.S1_BANDS.index("VV")
+    for vegetation in (ls.TREE, ls.GRASS, ls.CROP):
+        assert _class_mean(pixels, "s2", nir, ls.WATER) < _class_mean(pixels, "s2", nir, vegetation) - 0.1
+        assert _class_mean(pixels, "s1", vv, ls.WATER) < _class_mean(pixels, "s1", vv, vegetation) - 5
+
+
+def test_radar_brightness_of_built_up_and_forest(pixels: dict[str, np.ndarray]) -> None:
+    vv, vh = ls.S1_BANDS.index("VV"), ls.S1_BANDS.index("VH")
+    present = [c for c in ls.CLASS_CODES if ((pixels["landcover"] == c) & (pixels["cloud"] == 0)).sum() > 100]
+    mean_vv = {code: _class_mean(pixels, "s1", vv, code) for code in present}
+    assert max(mean_vv, key=mean_vv.get) == ls.BUILT
+    assert _class_mean(pixels, "s1", vh, ls.TREE) > _class_mean(pixels, "s1", vh, ls.GRASS) + 1
+
+
+def test_vegetation_red_edge_and_snow_swir(pixels: dict[str, np.ndarray]) -> None:
+    red, nir, swir = (ls.S2_BANDS.index(b) for b in ("B4", "B8", "B11"))
+    assert _class_mean(pixels, "s2", nir, ls.TREE) > 3 * _class_mean(pixels, "s2", red, ls.TREE)
+    assert _class_mean(pixels, "s2", red, ls.SNOW) > 4 * _class_mean(pixels, "s2", swir, ls.SNOW)
+
+
+def test_clouds_brighten_s2_but_leave_s1_alone(pixels: dict[str, np.ndarray]) -> None:
+    """Per-class residuals: inside the cloud mask S2 blue is far above its class mean, S1 VV is not."""
+    blue, vv = ls.S2_BANDS.index("B2"), ls.S1_BANDS.index("VV")
+    clear = pixels["cloud"] == ls.CLOUD_CLEAR
+    cloud = pixels["cloud"] == ls.CLOUD
+    assert cloud.sum() > 1000
+    s2_residual, s1_residual = np.zeros(cloud.size), np.zeros(cloud.size)
+    for code in ls.CLASS_CODES:
+        of_class = pixels["landcover"] == code
+        if (of_class & clear).sum() > 100:
+            s2_residual[of_class] = pixels["s2"][blue, of_class] - pixels["s2"][blue, of_class & clear].mean()
+            s1_residual[of_class] = pixels["s1"][vv, of_class] - pixels["s1"][vv, of_class & clear].mean()
+    assert s2_residual[cloud].mean() > 0.2
+    assert abs(s1_residual[cloud].mean()) < 1.0
+
+
+def test_add_clouds_flags_what_it_hides() -> None:
+    rng = np.random.default_rng(3)
+    ground = np.full((len(ls.S2_BANDS), 64, 64), 0.05, dtype=np.float32)
+    cloudy, mask = ls.add_clouds(ground, cover=0.3, rng=rng)
+    assert 0.25 <= (mask == ls.CLOUD).mean() <= 0.35
+    assert (cloudy[:4, mask == ls.CLOUD] > 0.15).all()
+    assert cloudy[:, mask == ls.CLOUD_SHADOW].mean() < 0.035, "shadows should darken the ground"
+    clear, clear_mask = ls.add_clouds(ground, cover=0.0, rng=rng)
+    assert (clear_mask == ls.CLOUD_CLEAR).all() and np.array_equal(clear, ground)
+
+
+def test_same_seed_same_patch_other_seed_other_patch(folder: Path, catalog: pd.DataFrame, tmp_path: Path) -> None:
+    plan = ls.plan_patches(ls.patch_count("smoke"), seed=0)[5]
+    assert plan == ls.plan_patches(ls.patch_count("smoke"), seed=0)[5]
+    row = ls.generate_patch(plan, tmp_path / "again", seed=0)
+    assert row == {k: (v.item() if hasattr(v, "item") else v) for k, v in catalog.iloc[5].to_dict().items()}
+    for key in MODALITY_FILES:
+        np.testing.assert_array_equal(read_raster(tmp_path / "again" / row[key])[0], read_raster(folder / row[key])[0])
+    other = ls.generate_patch(plan, tmp_path / "other", seed=1)
+    assert not np.array_equal(read_raster(tmp_path / "other" / other["s2"])[0], read_raster(folder / row["s2"])[0])
+    assert [p.target for p in ls.plan_patches(48, seed=1)] != [p.target for p in ls.plan_patches(48, seed=0)]
+
+
+def test_dataset_sample_format(folder: Path) -> None:
+    dataset = ls.LandscapeDataset("val", mode="smoke")
+    assert len(dataset) == 7
+    sample = dataset[0]
+    size = ls.PATCH_SIZE
+    expected = {"s2": (12, size, size), "s1": (2, size, size), "dem": (1, size, size), "cloud": (1, size, size)}
+    for key, shape in expected.items():
+        assert sample[key].dtype == torch.float32 and tuple(sample[key].shape) == shape
+    assert sample["landcover"].dtype == torch.int64 and tuple(sample["landcover"].shape) == (size, size)
+    assert 0 <= sample["landcover"].min() and sample["landcover"].max() < ls.NUM_CLASSES
+    assert sample["label"].dtype == torch.int64 and sample["label"] == sample["fractions"].argmax()
+    assert sample["fractions"].shape == (ls.NUM_CLASSES,) and abs(float(sample["fractions"].sum()) - 1) < 1e-3
+    climate_one_hot = sample["scalars"][: len(ls.CLIMATES)]
+    assert sample["scalars"].shape == (len(ls.CLIMATES) + len(ls.SEASONS) + 2,)
+    assert climate_one_hot.sum() == 1 and list(ls.CLIMATES)[int(climate_one_hot.argmax())] == dataset.table["region"][0]
+    assert isinstance(sample["id"], str) and sample["id"] == dataset.table["id"][0]
+    only_s1 = ls.LandscapeDataset("val", mode="smoke", modalities=("s1",), transform=lambda s: {**s, "seen": True})[0]
+    assert "s2" not in only_s1 and "dem" not in only_s1 and only_s1["seen"]
+
+
+def test_dataset_normalises_with_training_statistics() -> None:
+    train = ls.LandscapeDataset("train", mode="smoke")
+    for modality in ls.MODALITIES:
+        stacked = torch.stack([train[i][modality] for i in range(len(train))])
+        mean, std = stacked.mean(dim=(0, 2, 3)), stacked.std(dim=(0, 2, 3))
+        assert torch.allclose(mean, torch.zeros_like(mean), atol=0.02), (modality, mean)
+        assert torch.allclose(std, torch.ones_like(std), atol=0.02), (modality, std)
+
+
+def test_dataset_stats_override(folder: Path) -> None:
+    identity = {m: (np.zeros(n, np.float32), np.ones(n, np.float32)) for m, n in (("s2", 12), ("s1", 2), ("dem", 1))}
+    identity["weather"] = (np.zeros(2, np.float32), np.ones(2, np.float32))
+    dataset = ls.LandscapeDataset("test", mode="smoke", stats=identity)
+    raw_s2, _ = read_raster(folder / dataset.table["s2"][0])
+    np.testing.assert_allclose(dataset[0]["s2"].numpy(), raw_s2 / ls.REFLECTANCE_SCALE, rtol=1e-6)
+    assert dataset[0]["scalars"][-2].item() == pytest.approx(dataset.table["air_temperature"][0])
+    with pytest.raises(ValueError, match="stats lacks"):
+        ls.LandscapeDataset("test", mode="smoke", stats={"s2": identity["s2"]})
+
+
+def test_sample_pixels_are_clear_spectra(folder: Path) -> None:
+    X, y = ls.sample_pixels("val", 3000, mode="smoke")
+    assert X.shape == (3000, 12) and X.dtype == np.float32 and y.shape == (3000,) and y.dtype == np.int64
+    assert X.min() >= 0 and X.max() < 1.5 and 0 <= y.min() and y.max() < ls.NUM_CLASSES
+    assert len(np.unique(y)) >= 6
+    again, _ = ls.sample_pixels("val", 3000, mode="smoke")
+    np.testing.assert_array_equal(X, again)
+    table = read_catalog(folder, split="val")
+    cloudy = set()
+    for _, row in table.iterrows():
+        s2 = ls.read_modality(folder, row["s2"], "s2").reshape(12, -1)
+        cloud, _ = read_raster(folder / row["cloud"])
+        cloudy |= {spectrum.tobytes() for spectrum in s2[:, cloud.ravel() != ls.CLOUD_CLEAR].T}
+    assert cloudy, "the val split should hold some cloudy pixels for this test to mean something"
+    assert not cloudy & {spectrum.tobytes() for spectrum in X}
+
+
+def test_bad_input_gets_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="split 'training' is not one of train, val, test"):
+        ls.LandscapeDataset("training", mode="smoke")
+    with pytest.raises(ValueError, match="modality 'rgb'"):
+        ls.LandscapeDataset("train", mode="smoke", modalities=("s2", "rgb"))
+    with pytest.raises(ValueError, match="split"):
+        ls.sample_pixels("everything", 10, mode="smoke")
+    with pytest.raises(ValueError, match="not WorldCover classes"):
+        ls.codes_to_indices(np.array([10, 95]))
+    with pytest.raises(ValueError, match="mode"):
+        ls.ensure_landscape("huge")
+
+
+def test_interrupted_generation_leaves_nothing(course_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_generate_patch = ls.generate_patch
+    calls = []
+
+    def fail_on_third(plan: ls.PatchPlan, folder: Path, seed: int) -> dict:
+        calls.append(plan.index)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_generate_patch(plan, folder, seed)
+
+    monkeypatch.setattr(ls, "generate_patch", fail_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        ls.ensure_landscape("smoke", seed=7)
+    assert len(calls) == 3
+    assert not (course_data_dir / "landscape-smoke-seed7").exists()
+    assert not list(course_data_dir.glob(".partial-*"))
