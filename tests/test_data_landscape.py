@@ -172,8 +172,9 @@ def test_dataset_sample_format(folder: Path) -> None:
     assert sample["fractions"].shape == (ls.NUM_CLASSES,) and abs(float(sample["fractions"].sum()) - 1) < 1e-3
     climate_one_hot = sample["scalars"][: len(ls.CLIMATES)]
     assert sample["scalars"].shape == (len(ls.CLIMATES) + len(ls.SEASONS) + 2,)
-    assert climate_one_hot.sum() == 1 and list(ls.CLIMATES)[int(climate_one_hot.argmax())] == dataset.table["region"][0]
-    assert isinstance(sample["id"], str) and sample["id"] == dataset.table["id"][0]
+    assert climate_one_hot.sum() == 1
+    assert list(ls.CLIMATES)[int(climate_one_hot.argmax())] == dataset.catalog["region"][0]
+    assert isinstance(sample["id"], str) and sample["id"] == dataset.catalog["id"][0]
     only_s1 = ls.LandscapeDataset("val", mode="smoke", modalities=("s1",), transform=lambda s: {**s, "seen": True})[0]
     assert "s2" not in only_s1 and "dem" not in only_s1 and only_s1["seen"]
 
@@ -191,9 +192,9 @@ def test_dataset_stats_override(folder: Path) -> None:
     identity = {m: (np.zeros(n, np.float32), np.ones(n, np.float32)) for m, n in (("s2", 12), ("s1", 2), ("dem", 1))}
     identity["weather"] = (np.zeros(2, np.float32), np.ones(2, np.float32))
     dataset = ls.LandscapeDataset("test", mode="smoke", stats=identity)
-    raw_s2, _ = read_raster(folder / dataset.table["s2"][0])
+    raw_s2, _ = read_raster(folder / dataset.catalog["s2"][0])
     np.testing.assert_allclose(dataset[0]["s2"].numpy(), raw_s2 / ls.REFLECTANCE_SCALE, rtol=1e-6)
-    assert dataset[0]["scalars"][-2].item() == pytest.approx(dataset.table["air_temperature"][0])
+    assert dataset[0]["scalars"][-2].item() == pytest.approx(dataset.catalog["air_temperature"][0])
     with pytest.raises(ValueError, match="stats lacks"):
         ls.LandscapeDataset("test", mode="smoke", stats={"s2": identity["s2"]})
 

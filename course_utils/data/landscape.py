@@ -70,6 +70,10 @@ WORLDCOVER = {
 CLASS_CODES = tuple(WORLDCOVER)
 CLASS_NAMES = tuple(WORLDCOVER.values())
 NUM_CLASSES = len(CLASS_CODES)
+#: The WorldCover map legend's colours, in class-index order (for plot.show_mask).
+CLASS_COLOURS = (
+    "#006400", "#ffbb22", "#ffff4c", "#f096ff", "#fa0000", "#b4b4b4", "#f0f0f0", "#0064c8", "#0096a0", "#fae6a0"
+)
 SEASONS = ("winter", "spring", "summer", "autumn")
 CLOUD_CLEAR, CLOUD, CLOUD_SHADOW = 0, 1, 2  # values of the cloud mask
 
@@ -716,7 +720,7 @@ class LandscapeDataset(Dataset):
         for modality in modalities:
             _check_choice("modality", modality, MODALITIES)
         self.folder = ensure_landscape(mode, seed)
-        self.table = read_catalog(self.folder, split=split)
+        self.catalog = read_catalog(self.folder, split=split)
         self.modalities = tuple(modalities)
         self.transform = transform
         self.stats = stats if stats is not None else training_statistics(self.folder)
@@ -725,10 +729,10 @@ class LandscapeDataset(Dataset):
             raise ValueError(f"stats lacks {missing}; give (mean, std) per band for each, e.g. from a training set.")
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self.catalog)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        row = self.table.iloc[index]
+        row = self.catalog.iloc[index]
         sample: dict[str, Any] = {}
         for modality in self.modalities:
             mean, std = self.stats[modality]
