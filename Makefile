@@ -11,11 +11,12 @@ TEST_MODE ?= $(or $(COURSE_MODE),smoke)
 # pytest-xdist workers: notebooks are spread over workers, a notebook's cells stay on one (loadscope).
 WORKERS ?= 2
 
-.PHONY: help setup course test unit nbtest lint strip lab clean
+.PHONY: help setup data course test unit nbtest lint strip lab clean
 
 help:
 	@echo "make course   set up, generate the data, run every notebook (default mode), print the results table"
 	@echo "make test     set up, lint, unit tests + every notebook under nbval in smoke mode"
+	@echo "make data     generate the course data for the current mode (done by make course too)"
 	@echo "make lab      open the notebooks in JupyterLab"
 	@echo "make strip    strip outputs from the notebooks before a commit"
 	@echo "make lint     ruff over code and notebooks"
@@ -34,7 +35,10 @@ $(STAMP): pyproject.toml constraints.txt tools/check_env.py
 	$(PY) tools/check_env.py
 	@touch $(STAMP)
 
-course: setup
+data: setup
+	$(PY) -m course_utils.data
+
+course: data
 	$(PY) tools/run_course.py
 
 test: setup lint

@@ -1,0 +1,198 @@
+"""How hard are the field scenes? Baselines against a small U-Net, and the U-Net's drop on the other region.
+
+On the test split of one region, per-class IoU/F1 (0 non-field, 1 interior, 2 edge) and field-extent IoU of:
+
+(a) an NDVI threshold chosen on the training split (edges: the outer pixels of the thresholded fields),
+(b) a per-pixel random forest on the 4 bands + NDVI of sampled training pixels,
+(c) a small U-Net (plain PyTorch, ~0.47 M parameters) trained on CPU with class-weighted cross-entropy,
+(d) that U-Net on the other region's test split, normalised with the training region's statistics,
+(e) the same, normalised with the other region's own training statistics.
+
+    OMP_NUM_THREADS=2 python tools/field_baselines.py --mode lite --region smallholder --epochs 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from scipy import ndimage
+from sklearn.ensemble import RandomForestClassifier
+from torch import nn
+
+from course_utils.config import seed_everything
+from course_utils.data.fields import EDGE_PX, REGIONS, FieldChipDataset, ndvi
+from course_utils.geo import read_raster
+
+CLASSES = ("non-field", "interior", "edge")
+
+
+def raw_chips(dataset: FieldChipDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Stored images ``[N, 4, H, W]`` (reflectance x 10 000) and labels ``[N, H, W]`` of a dataset's chips."""
+    images = [read_raster(dataset.folder / path)[0] for path in dataset.catalog["image"]]
+    labels = [read_raster(dataset.folder / path)[0][0] for path in dataset.catalog["label"]]
+    return np.stack(images).astype(np.float32), np.stack(labels).astype(np.int64)
+
+
+def scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Per-class IoU and F1 and field-extent IoU (interior + edge against non-field)."""
+    confusion = np.bincount(truth.ravel() * 3 + predicted.ravel(), minlength=9).reshape(3, 3).astype(float)
+    hits, predicted_total, true_total = np.diag(confusion), confusion.sum(0), confusion.sum(1)
+    result = {}
+    for k, name in enumerate(CLASSES):
+        result[f"IoU {name}"] = hits[k] / max(true_total[k] + predicted_total[k] - hits[k], 1)
+        result[f"F1 {name}"] = 2 * hits[k] / max(true_total[k] + predicted_total[k], 1)
+    field_true, field_predicted = truth > 0, predicted > 0
+    result["IoU extent"] = (field_true & field_predicted).sum() / max((field_true | field_predicted).sum(), 1)
+    return result
+
+
+def with_edges(extent: np.ndarray) -> np.ndarray:
+    """Three-class mask from a field-extent mask: field pixels within the edge width of non-field are edges."""
+    inner = ndimage.binary_erosion(extent, structure=np.ones((1, 2 * EDGE_PX + 1, 2 * EDGE_PX + 1)), border_value=1)
+    return np.where(extent, np.where(inner, 1, 2), 0)
+
+
+def ndvi_threshold(train: tuple[np.ndarray, np.ndarray], test_images: np.ndarray) -> np.ndarray:
+    """(a) Field where NDVI exceeds the threshold that maximises extent IoU on the training split."""
+    train_ndvi, train_field = ndvi(train[0]), train[1] > 0
+    candidates = np.linspace(-0.2, 0.9, 56)
+    ious = [(train_field & (train_ndvi > t)).sum() / (train_field | (train_ndvi > t)).sum() for t in candidates]
+    threshold = candidates[int(np.argmax(ious))]
+    print(f"NDVI threshold chosen on train: {threshold:.2f}")
+    return with_edges(ndvi(test_images) > threshold)
+
+
+def pixel_features(images: np.ndarray) -> np.ndarray:
+    """Per-pixel features ``[pixels, 5]``: the four bands and NDVI."""
+    stacked = np.concatenate([images / 10_000, ndvi(images)[:, None]], axis=1)
+    return stacked.transpose(0, 2, 3, 1).reshape(-1, stacked.shape[1])
+
+
+def pixel_forest(train: tuple[np.ndarray, np.ndarray], test_images: np.ndarray, seed: int) -> np.ndarray:
+    """(b) A random forest on 40 000 sampled training pixels, class-balanced."""
+    rng = np.random.default_rng(seed)
+    features, labels = pixel_features(train[0]), train[1].ravel()
+    sample = rng.choice(len(labels), size=40_000, replace=False)
+    forest = RandomForestClassifier(100, max_depth=14, class_weight="balanced", n_jobs=2, random_state=seed)
+    forest.fit(features[sample], labels[sample])
+    return forest.predict(pixel_features(test_images)).reshape(test_images.shape[0], *test_images.shape[2:])
+
+
+def double_conv(inputs: int, outputs: int) -> nn.Sequential:
+    """Two 3x3 convolutions with batch norm and ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(inputs, outputs, 3, padding=1, bias=False),
+        nn.BatchNorm2d(outputs),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(outputs, outputs, 3, padding=1, bias=False),
+        nn.BatchNorm2d(outputs),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallUNet(nn.Module):
+    """A four-level U-Net (16-32-64-128 channels)."""
+
+    def __init__(self, bands: int = 4, classes: int = 3, width: int = 16) -> None:
+        super().__init__()
+        channels = [width, 2 * width, 4 * width, 8 * width]
+        self.down = nn.ModuleList([double_conv(bands, channels[0])])
+        self.down.extend(double_conv(a, b) for a, b in zip(channels, channels[1:], strict=False))
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in zip(channels, channels[1:], strict=False)
+        )
+        self.merge = nn.ModuleList(double_conv(2 * a, a) for a in channels[:-1])
+        self.head = nn.Conv2d(channels[0], classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else nn.functional.max_pool2d(x, 2))
+            skips.append(x)
+        for up, merge, skip in zip(reversed(self.up), reversed(self.merge), reversed(skips[:-1]), strict=True):
+            x = merge(torch.cat([up(x), skip], dim=1))
+        return self.head(x)
+
+
+def train_unet(train: FieldChipDataset, epochs: int, seed: int, crop: int = 128) -> SmallUNet:
+    """(c) Train on random crops with flips, class-weighted cross-entropy, Adam."""
+    seed_everything(seed)
+    images = torch.stack([s["image"] for s in train])
+    masks = torch.stack([s["mask"] for s in train])
+    counts = torch.bincount(masks.ravel(), minlength=3).float()
+    loss_fn = nn.CrossEntropyLoss(weight=(counts.sum() / (3 * counts)).sqrt())
+    model = SmallUNet()
+    print(f"U-Net: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, class weights {loss_fn.weight}")
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=epochs * (4 * len(train) // 8))
+    size = images.shape[-1]
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        order = torch.randperm(4 * len(train)) % len(train)
+        model.train()
+        for batch in order.split(8):
+            if len(batch) < 8:
+                continue
+            top, left = torch.randint(0, size - crop + 1, (2,)).tolist()
+            x = images[batch, :, top : top + crop, left : left + crop]
+            y = masks[batch, top : top + crop, left : left + crop]
+            if torch.rand(()) < 0.5:
+                x, y = x.flip(-1), y.flip(-1)
+            if torch.rand(()) < 0.5:
+                x, y = x.transpose(-1, -2), y.transpose(-1, -2)
+            loss = loss_fn(model(x), y)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+        print(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f} ({time.perf_counter() - started:.0f} s)")
+    return model
+
+
+@torch.no_grad()
+def predict(model: SmallUNet, dataset: FieldChipDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and true masks of every chip of a dataset."""
+    model.eval()
+    predicted, truth = [], []
+    for sample in dataset:
+        predicted.append(model(sample["image"][None]).argmax(1)[0].numpy())
+        truth.append(sample["mask"].numpy())
+    return np.stack(predicted), np.stack(truth)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", default="lite")
+    parser.add_argument("--region", default="smallholder", choices=list(REGIONS))
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    other = next(name for name in REGIONS if name != args.region)
+
+    train = FieldChipDataset("train", args.region, args.mode, args.seed)
+    test = FieldChipDataset("test", args.region, args.mode, args.seed)
+    shifted = FieldChipDataset("test", other, args.mode, args.seed, stats=train.stats)
+    train_raw, (test_images, test_truth) = raw_chips(train), raw_chips(test)
+
+    rows = {"(a) NDVI threshold": scores(ndvi_threshold(train_raw, test_images), test_truth)}
+    rows["(b) pixel random forest"] = scores(pixel_forest(train_raw, test_images, args.seed), test_truth)
+    started = time.perf_counter()
+    model = train_unet(train, args.epochs, args.seed)
+    print(f"U-Net trained in {time.perf_counter() - started:.0f} s ({args.epochs} epochs)")
+    rows["(c) U-Net"] = scores(*predict(model, test))
+    rows[f"(d) U-Net on {other}"] = scores(*predict(model, shifted))
+    own_stats = FieldChipDataset("test", other, args.mode, args.seed)
+    rows[f"(e) same, {other}'s own stats"] = scores(*predict(model, own_stats))
+
+    columns = list(next(iter(rows.values())))
+    print(f"\ntest split, trained on {args.region} ({args.mode}, seed {args.seed})")
+    print(f"{'method':32s}" + "".join(f"{c:>16s}" for c in columns))
+    for name, values in rows.items():
+        print(f"{name:32s}" + "".join(f"{values[c]:16.3f}" for c in columns))
+
+
+if __name__ == "__main__":
+    main()
