@@ -10,7 +10,8 @@ directory, so a notebook runs the same from any folder:
   ``<repo>/data/cache`` and results go to ``<repo>/results``;
 * when the package is installed elsewhere (Colab, ``pip install git+...``),
   both live under ``~/.cache/dl4rs-course``;
-* ``COURSE_DATA_DIR`` and ``COURSE_RESULTS_DIR`` override either.
+* checkpoints (trained weights later notebooks reuse) go to ``<repo>/checkpoints`` likewise;
+* ``COURSE_DATA_DIR``, ``COURSE_RESULTS_DIR`` and ``COURSE_CHECKPOINT_DIR`` override them.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ def data_dir() -> Path:
 def results_dir() -> Path:
     """Folder where notebooks record their headline numbers (``results/<notebook>.json``)."""
     return _course_dir("COURSE_RESULTS_DIR", "results", "results")
+
+
+def checkpoint_dir() -> Path:
+    """Folder of trained model weights that later notebooks reuse (``COURSE_CHECKPOINT_DIR`` overrides)."""
+    return _course_dir("COURSE_CHECKPOINT_DIR", "checkpoints", "checkpoints")
 
 
 def get_mode() -> str:

@@ -1,0 +1,107 @@
+"""course_utils.train: the loop learns, keeps a real copy of the best weights, stops early, resumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from course_utils.train import evaluate, fit, load_or_train, split_batch
+
+CPU = torch.device("cpu")
+
+
+def blobs(n: int = 256, seed: int = 0) -> TensorDataset:
+    """Two Gaussian blobs in 2-D: linearly separable classes 0 and 1."""
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=generator)
+    x = torch.randn(n, 2, generator=generator) * 0.5 + (y[:, None] * 2.0 - 1.0) * 1.5
+    return TensorDataset(x, y)
+
+
+def loaders() -> tuple[DataLoader, DataLoader]:
+    return DataLoader(blobs(256, 0), batch_size=32, shuffle=True), DataLoader(blobs(128, 1), batch_size=64)
+
+
+def test_fit_learns_a_separable_problem() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    train, val = loaders()
+    before = evaluate(model, val, nn.CrossEntropyLoss(), CPU, num_classes=2)
+    history = fit(
+        model, train, val, loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+        epochs=5, device=CPU, num_classes=2, monitor="val_accuracy", progress=False,
+    )  # fmt: skip
+    assert len(history.records) == 5 and history.column("train_loss")[-1] < history.column("train_loss")[0]
+    assert history.best["val_accuracy"] > 0.95 and history.best["val_accuracy"] > before["accuracy"]
+    assert evaluate(model, val, nn.CrossEntropyLoss(), CPU, num_classes=2)["accuracy"] == history.best_value
+
+
+def test_best_weights_are_a_copy_and_restored() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    train, _ = loaders()
+    x, y = blobs(128, 1).tensors
+    flipped = DataLoader(TensorDataset(x, 1 - y), batch_size=64)  # the better it trains, the worse it validates
+    history = fit(
+        model, train, flipped, loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=4, device=CPU, progress=False,
+    )  # fmt: skip
+    losses = history.column("val_loss")
+    assert history.best_epoch == 1 and losses == sorted(losses) and losses[-1] > losses[0]
+    restored = evaluate(model, flipped, nn.CrossEntropyLoss(), CPU)["loss"]
+    assert restored == pytest.approx(losses[0], rel=1e-5)  # epoch 1's weights, not the last epoch's
+
+
+def test_early_stopping_stops() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    train, val = loaders()
+    history = fit(
+        model, train, val, loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+        epochs=10, device=CPU, patience=2, progress=False,
+    )  # fmt: skip
+    assert history.stopped_early and len(history.records) == 3  # epoch 1 is best, then 2 epochs without gain
+
+
+def test_resume_from_checkpoint_continues_the_history(tmp_path: Path) -> None:
+    path = tmp_path / "run.pt"
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train, val = loaders()
+    first = fit(model, train, val, loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer, epochs=2, device=CPU,
+                checkpoint=path, progress=False)  # fmt: skip
+    assert path.is_file() and not list(tmp_path.glob(".*tmp"))
+    resumed = fit(model, train, val, loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer, epochs=4, device=CPU,
+                  checkpoint=path, progress=False)  # fmt: skip
+    assert [r["epoch"] for r in resumed.records] == [1, 2, 3, 4]
+    assert resumed.records[:2] == first.records
+
+
+def test_dict_batches_by_key_and_a_clear_error() -> None:
+    batch = {"s2": torch.ones(2, 3), "s1": torch.zeros(2, 1), "label": torch.tensor([0, 1])}
+    args, target = split_batch(batch, inputs=("s2", "s1"), target="label")
+    assert len(args) == 2 and target.tolist() == [0, 1]
+    with pytest.raises(KeyError, match="has no"):
+        split_batch(batch, inputs="image", target="label")
+
+
+def test_load_or_train_trains_once_then_loads(tmp_path: Path) -> None:
+    calls = []
+
+    def train(model: nn.Module) -> None:
+        calls.append(1)
+        with torch.no_grad():
+            model.weight.fill_(3.0)
+
+    path = tmp_path / "model.pt"
+    assert load_or_train(nn.Linear(2, 2), path, train) is False
+    fresh = nn.Linear(2, 2)
+    assert load_or_train(fresh, path, train) is True
+    assert len(calls) == 1 and torch.all(fresh.weight == 3.0)
+    with pytest.raises(RuntimeError, match="delete the file"):
+        load_or_train(nn.Linear(3, 2), path, train)
