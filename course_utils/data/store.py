@@ -7,10 +7,12 @@ removes the leftover temporary folder and starts again.
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,17 @@ def dataset_dir(family: str, mode: str, seed: int) -> Path:
     return data_dir() / f"{family}-{mode}-seed{seed}"
 
 
+@contextmanager
+def _generation_lock(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock while ``target`` is generated, so parallel processes generate it once."""
+    with open(target.parent / f".{target.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure_generated(
     family: str, mode: str, seed: int, generate: Callable[[Path, str, int], None], verbose: bool = True
 ) -> Path:
@@ -45,21 +58,24 @@ def ensure_generated(
     if (target / CATALOG).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in target.parent.glob(f"{_TMP_MARK}{target.name}-*"):
-        shutil.rmtree(leftover, ignore_errors=True)  # an earlier run was interrupted
-    if target.exists():  # a folder without its catalog is incomplete: never use it
-        shutil.rmtree(target)
-    tmp = target.parent / f"{_TMP_MARK}{target.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    started = time.perf_counter()
-    try:
-        generate(tmp, mode, seed)
-        if not (tmp / CATALOG).is_file():
-            raise RuntimeError(f"the {family} generator wrote no {CATALOG}; the dataset is incomplete.")
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _generation_lock(target):
+        if (target / CATALOG).is_file():  # another process generated it while we waited
+            return target
+        for leftover in target.parent.glob(f"{_TMP_MARK}{target.name}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)  # an earlier run was interrupted
+        if target.exists():  # a folder without its catalog is incomplete: never use it
+            shutil.rmtree(target)
+        tmp = target.parent / f"{_TMP_MARK}{target.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        started = time.perf_counter()
+        try:
+            generate(tmp, mode, seed)
+            if not (tmp / CATALOG).is_file():
+                raise RuntimeError(f"the {family} generator wrote no {CATALOG}; the dataset is incomplete.")
+            tmp.rename(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     if verbose:
         print(f"generated {family} ({mode}, seed {seed}) in {time.perf_counter() - started:.1f} s -> {target}")
     return target
