@@ -34,7 +34,9 @@ def dataset_dir(family: str, mode: str, seed: int) -> Path:
 @contextmanager
 def _generation_lock(target: Path) -> Iterator[None]:
     """Hold an exclusive lock while ``target`` is generated, so parallel processes generate it once."""
-    with open(target.parent / f".{target.name}.lock", "w") as handle:
+    locks = target.parent / ".locks"
+    locks.mkdir(exist_ok=True)
+    with open(locks / f"{target.name}.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
