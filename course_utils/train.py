@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar: works in terminals and notebooks without ipywidgets
 
 from course_utils.metrics import accuracy, confusion_matrix, mean_f1, mean_iou
 
@@ -198,6 +198,8 @@ def fit(
         history, best_state = saved["history"], saved["best_state"]
         start = history.records[-1]["epoch"] + 1 if history.records else 1
         print(f"resuming from {path} after epoch {start - 1}")
+    if history.stopped_early:
+        epochs = start - 1  # the saved run had stopped early: there is nothing left to train
     minimise = monitor.endswith("loss")
     waited = start - 1 - history.best_epoch if history.records else 0
     bar = tqdm(range(start, epochs + 1), desc="epochs", disable=not progress, leave=True)
@@ -237,7 +239,8 @@ def fit(
             scheduler.step(value)
         elif scheduler is not None:
             scheduler.step()
-        if path is not None:
+        history.stopped_early = patience is not None and waited >= patience
+        if path is not None:  # saved after the patience check, so a finished run is not resumed
             _save_atomic(
                 {
                     "model": model.state_dict(),
@@ -249,8 +252,7 @@ def fit(
                 path,
             )
         bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("train_loss", "val_loss", monitor)})
-        if patience is not None and waited >= patience:
-            history.stopped_early = True
+        if history.stopped_early:
             break
     bar.close()
     if best_state is not None:

@@ -82,6 +82,19 @@ def test_resume_from_checkpoint_continues_the_history(tmp_path: Path) -> None:
     assert resumed.records[:2] == first.records
 
 
+def test_a_run_that_stopped_early_is_not_resumed(tmp_path: Path) -> None:
+    path = tmp_path / "run.pt"
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    train, val = loaders()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    kwargs = dict(loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer, epochs=10, device=CPU, patience=2,
+                  checkpoint=path, progress=False)  # fmt: skip
+    first = fit(model, train, val, **kwargs)
+    again = fit(model, train, val, **kwargs)
+    assert first.stopped_early and again.records == first.records
+
+
 def test_dict_batches_by_key_and_a_clear_error() -> None:
     batch = {"s2": torch.ones(2, 3), "s1": torch.zeros(2, 1), "label": torch.tensor([0, 1])}
     args, target = split_batch(batch, inputs=("s2", "s1"), target="label")
