@@ -1,10 +1,20 @@
 """course_utils: the plumbing and reference implementations behind the DL4RS course notebooks."""
 
-from course_utils.config import by_mode, data_dir, get_device, get_mode, results_dir, seed_everything, setup_notebook
+from course_utils.config import (
+    by_mode,
+    checkpoint_dir,
+    data_dir,
+    get_device,
+    get_mode,
+    results_dir,
+    seed_everything,
+    setup_notebook,
+)
 from course_utils.report import save_results
 
 __all__ = [
     "by_mode",
+    "checkpoint_dir",
     "data_dir",
     "get_device",
     "get_mode",
