@@ -1,0 +1,299 @@
+"""The course's reference U-Net for crop field boundaries, and the recipe that trains it.
+
+Notebook 02 builds this network in plain sight and trains it on the field scenes; notebook 07 (domain
+shift) calls :func:`load_or_train_field_unet` to get the same trained model, which loads the checkpoint
+notebook 02 saved or trains it on the spot when it is missing.
+
+* :class:`UNet`: encoder of double 3x3 convolutions and 2x2 max pooling, a bottleneck, a decoder of 2x2
+  transpose convolutions whose outputs are concatenated with the encoder's features at the same
+  resolution (the skips), and a 1x1 convolution to class logits (Ronneberger et al., 2015). It also
+  stores the per-band normalisation statistics it was trained with (buffers ``norm_mean``, ``norm_std``,
+  in stored units), so a checkpoint carries them.
+* :func:`fit_segmentation`: random crops and dihedral flips, AdamW with a cosine schedule, the course's
+  :func:`course_utils.train.fit` loop; works for any model that maps ``[B, C, H, W]`` to logits.
+* :func:`predict_masks` and :func:`field_scores`: predicted masks of a dataset, per-class IoU/F1 and
+  field-extent IoU (interior + edge against non-field).
+* :func:`load_or_train_field_unet`: the checkpoint ``field_unet_<region>_<mode>_seed<seed>.pt`` under
+  :func:`course_utils.config.checkpoint_dir`, trained with the recipe of :data:`FIELD_UNET_RECIPE`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.transforms.v2 as T
+from torch import nn
+
+from course_utils.config import checkpoint_dir, get_device, get_mode, seed_everything
+from course_utils.data.fields import BANDS, FieldChipDataset
+from course_utils.geo import check_chip_size, read_raster
+from course_utils.losses import class_weights, make_loss
+from course_utils.metrics import confusion_matrix, f1_per_class, iou_per_class
+from course_utils.train import History, fit, load_or_train
+from course_utils.transforms import RandomCrop, RandomFlipRotate
+
+CLASS_NAMES = ("non-field", "interior", "edge")
+
+#: How the reference field U-Net is trained in each mode (notebook 02's parameters cell uses the same values).
+FIELD_UNET_RECIPE: dict[str, dict[str, Any]] = {
+    "smoke": {"width": 8, "epochs": 1, "crop": 64, "batch_size": 4, "samples_per_epoch": 12, "lr": 3e-3},
+    "lite": {"width": 16, "epochs": 5, "crop": 128, "batch_size": 8, "samples_per_epoch": 192, "lr": 3e-3},
+    "full": {"width": 32, "epochs": 40, "crop": 128, "batch_size": 16, "samples_per_epoch": 768, "lr": 2e-3},
+}
+
+
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Two 3x3 convolutions (padding 1: same size), each followed by batch norm and ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """A U-Net with ``depth`` poolings: channels ``width, 2 width, ..., 2**depth width`` (the last in the bottleneck).
+
+    Args:
+        in_channels: input bands (4: blue, green, red, NIR).
+        classes: output classes (3: non-field, interior, edge).
+        width: channels of the first level; each level below doubles them.
+        depth: number of 2x downsamplings; input sides must be multiples of ``2**depth`` (:attr:`stride`).
+
+    ``width=16, depth=3`` has about 0.47 M parameters.
+    """
+
+    def __init__(self, in_channels: int = 4, classes: int = 3, width: int = 16, depth: int = 3) -> None:
+        super().__init__()
+        if depth < 1 or width < 1:
+            raise ValueError(f"depth and width must be >= 1, got depth={depth}, width={width}")
+        channels = [width * 2**level for level in range(depth + 1)]
+        self.depth = depth
+        self.encoder = nn.ModuleList(
+            conv_block(in_channels if level == 0 else channels[level - 1], channels[level]) for level in range(depth)
+        )
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = conv_block(channels[depth - 1], channels[depth])
+        self.up = nn.ModuleList(nn.ConvTranspose2d(channels[lv + 1], channels[lv], 2, stride=2) for lv in range(depth))
+        self.decoder = nn.ModuleList(conv_block(2 * channels[level], channels[level]) for level in range(depth))
+        self.head = nn.Conv2d(channels[0], classes, 1)
+        self.register_buffer("norm_mean", torch.zeros(in_channels))
+        self.register_buffer("norm_std", torch.ones(in_channels))
+
+    @property
+    def stride(self) -> int:
+        """The total downsampling factor: input sides must be multiples of it."""
+        return 2**self.depth
+
+    @property
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-band ``(mean, std)`` in stored units that the inputs were normalised with in training."""
+        return self.norm_mean.cpu().numpy().copy(), self.norm_std.cpu().numpy().copy()
+
+    def set_stats(self, stats: tuple[np.ndarray, np.ndarray]) -> None:
+        """Record the normalisation statistics (saved with the weights)."""
+        mean, std = (torch.as_tensor(np.asarray(s, dtype=np.float32).reshape(-1)) for s in stats)
+        if mean.shape != self.norm_mean.shape or std.shape != self.norm_std.shape:
+            raise ValueError(f"stats need {len(self.norm_mean)} values each, got {len(mean)} and {len(std)}")
+        self.norm_mean.copy_(mean)
+        self.norm_std.copy_(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_chip_size(x.shape[-2], x.shape[-1], self.stride)
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)  # kept for the decoder: full detail at this resolution
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for level in reversed(range(self.depth)):
+            x = self.up[level](x)
+            x = self.decoder[level](torch.cat([x, skips[level]], dim=1))
+        return self.head(x)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def field_datasets(
+    region: str = "smallholder", mode: str | None = None, data_seed: int = 0, crop: int | None = None
+) -> tuple[FieldChipDataset, FieldChipDataset, FieldChipDataset]:
+    """Train (random crops and dihedral flips when ``crop`` is given), val and test chips of one region.
+
+    All three are normalised with the training split's statistics.
+    """
+    augment = T.Compose([RandomCrop(crop), RandomFlipRotate()]) if crop else RandomFlipRotate()
+    train = FieldChipDataset("train", region, mode, data_seed, transform=augment)
+    val = FieldChipDataset("val", region, mode, data_seed, stats=train.stats)
+    test = FieldChipDataset("test", region, mode, data_seed, stats=train.stats)
+    return train, val, test
+
+
+def fit_segmentation(
+    model: nn.Module,
+    train_set: torch.utils.data.Dataset,
+    val_set: torch.utils.data.Dataset,
+    *,
+    loss_fn: nn.Module,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    device: torch.device,
+    samples_per_epoch: int | None = None,
+    num_workers: int = 0,
+    weight_decay: float = 1e-4,
+    num_classes: int = 3,
+    progress: bool = True,
+) -> History:
+    """Train a segmentation model with AdamW and a cosine learning-rate schedule; keep the best val mIoU.
+
+    Each epoch draws ``samples_per_epoch`` training samples with replacement (random crops of the chips,
+    so an epoch can see each chip several times, each time another window and orientation).
+    """
+    draws = samples_per_epoch or len(train_set)
+    sampler = torch.utils.data.RandomSampler(train_set, replacement=True, num_samples=draws)
+    common = {"num_workers": num_workers, "pin_memory": device.type == "cuda", "persistent_workers": num_workers > 0}
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size, sampler=sampler, drop_last=True, **common)
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size, **common)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=lr / 20)
+    return fit(
+        model, train_loader, val_loader, loss_fn=loss_fn.to(device), optimizer=optimizer, epochs=epochs,
+        device=device, num_classes=num_classes, monitor="val_miou", scheduler=scheduler,
+        amp=device.type == "cuda", progress=progress,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def predict_masks(
+    model: nn.Module, dataset: torch.utils.data.Dataset, device: torch.device | None = None, batch_size: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted (argmax) and true masks ``[N, H, W]`` of every sample of a dataset, in eval mode."""
+    device = device or get_device()
+    was_training = model.training
+    model.to(device).eval()
+    predicted, truth = [], []
+    for batch in torch.utils.data.DataLoader(dataset, batch_size):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(batch["image"].to(device))
+        predicted.append(logits.argmax(1).cpu().numpy().astype(np.uint8))
+        truth.append(batch["mask"].numpy().astype(np.uint8))
+    model.train(was_training)
+    return np.concatenate(predicted), np.concatenate(truth)
+
+
+def field_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Per-class IoU and F1 of a 3-class field mask, and field-extent IoU (classes 1 and 2 against 0).
+
+    Keys: ``iou_<class>``, ``f1_<class>`` for non-field, interior, edge (``non-field`` written ``nonfield``),
+    ``miou`` (mean over the three classes) and ``extent_iou``.
+    """
+    cm = confusion_matrix(predicted, truth, len(CLASS_NAMES))
+    scores = {}
+    for name, iou, f1 in zip(CLASS_NAMES, iou_per_class(cm), f1_per_class(cm), strict=True):
+        key = name.replace("-", "")
+        scores[f"iou_{key}"], scores[f"f1_{key}"] = float(iou), float(f1)
+    scores["miou"] = float(np.nanmean(iou_per_class(cm)))
+    extent = confusion_matrix(np.asarray(predicted) > 0, np.asarray(truth) > 0, 2)
+    scores["extent_iou"] = float(iou_per_class(extent)[1])
+    return scores
+
+
+def field_unet_path(region: str, mode: str, seed: int = 0, loss: str = "ce_dice") -> Path:
+    """Checkpoint file of the field U-Net for a region, mode, training seed and loss recipe."""
+    suffix = "" if loss == "ce_dice" else f"_{loss}"
+    return checkpoint_dir() / f"field_unet_{region}_{mode}_seed{seed}{suffix}.pt"
+
+
+def _history_path(path: Path) -> Path:
+    return path.with_suffix(".history.json")
+
+
+def _read_history(path: Path) -> History | None:
+    file = _history_path(path)
+    if not file.is_file():
+        return None
+    return History(**json.loads(file.read_text()))
+
+
+def _write_history(history: History, path: Path) -> None:
+    file = _history_path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(history), indent=1))
+    os.replace(tmp, file)
+
+
+def load_or_train_field_unet(
+    region: str = "smallholder",
+    mode: str | None = None,
+    seed: int = 0,
+    *,
+    loss: str = "ce_dice",
+    data_seed: int = 0,
+    device: torch.device | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+    **recipe: Any,
+) -> tuple[UNet, History | None]:
+    """The trained field U-Net of a region: loaded from its checkpoint, or trained now and saved.
+
+    Args:
+        region: the region it is trained on (``smallholder`` or ``commercial``).
+        mode: data size and recipe; ``None`` reads ``COURSE_MODE``.
+        seed: training seed (weights initialisation, crops, batches); part of the file name.
+        loss: a :func:`course_utils.losses.make_loss` recipe; part of the file name unless ``ce_dice``.
+        data_seed: the field data set's seed.
+        device: where to train; default :func:`course_utils.config.get_device`.
+        num_workers: DataLoader worker processes.
+        progress: show a progress bar while training.
+        recipe: overrides of :data:`FIELD_UNET_RECIPE` (``width``, ``epochs``, ``crop``, ``batch_size``,
+            ``samples_per_epoch``, ``lr``); a checkpoint that exists is loaded whatever they say.
+
+    Returns:
+        ``(model, history)``: the model on the CPU in eval mode, with ``model.stats`` the normalisation
+        statistics to apply to its inputs; the training history (``None`` if it was not recorded).
+        Normalise inputs with ``model.stats`` (e.g. ``FieldChipDataset(..., stats=model.stats)``).
+    """
+    mode = mode or get_mode()
+    unknown = set(recipe) - set(FIELD_UNET_RECIPE[mode])
+    if unknown:
+        raise TypeError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(FIELD_UNET_RECIPE[mode])}")
+    settings = FIELD_UNET_RECIPE[mode] | recipe
+    path = field_unet_path(region, mode, seed, loss)
+    width = settings["width"]
+    if path.is_file():  # build the model the checkpoint was trained with
+        width = torch.load(path, map_location="cpu", weights_only=True)["head.weight"].shape[1]
+    model = UNet(in_channels=len(BANDS), classes=len(CLASS_NAMES), width=width)
+    history: list[History] = []
+
+    def train(net: nn.Module) -> None:
+        seed_everything(seed)
+        train_set, val_set, _ = field_datasets(region, mode, data_seed, settings["crop"])
+        masks = np.stack([read_raster(train_set.folder / label)[0][0] for label in train_set.catalog["label"]])
+        net.set_stats(train_set.stats)
+        run_device = device or get_device()
+        history.append(
+            fit_segmentation(
+                net, train_set, val_set, loss_fn=make_loss(loss, class_weights(masks, len(CLASS_NAMES))),
+                epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"], device=run_device,
+                samples_per_epoch=settings["samples_per_epoch"], num_workers=num_workers, progress=progress,
+            )  # fmt: skip
+        )
+        net.cpu()
+
+    loaded = load_or_train(model, path, train)
+    if not loaded:
+        _write_history(history[0], path)
+    return model.eval(), (history[0] if history else _read_history(path))
