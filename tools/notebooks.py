@@ -1,9 +1,11 @@
 """Keep the course notebooks clean and consistent.
 
-    python tools/notebooks.py strip   # remove outputs, execution counts and run metadata (before a commit)
-    python tools/notebooks.py sync    # write the repository URL (course_utils.config.REPOSITORY_URL) into
-                                      # every notebook's Colab/Binder links and Colab install line
-    python tools/notebooks.py check   # fail if a notebook has outputs or breaks a convention
+    python tools/notebooks.py strip [NOTEBOOK ...]  # remove outputs, execution counts and run metadata
+    python tools/notebooks.py sync [NOTEBOOK ...]   # write the repository URL (course_utils.config.REPOSITORY_URL)
+                                                    # into the notebooks' Colab/Binder links and install line
+    python tools/notebooks.py check [NOTEBOOK ...]  # fail if a notebook has outputs or breaks a convention
+
+Without names, every course notebook in notebooks/ is processed.
 
 The conventions are written down in notebooks/README.md.
 """
@@ -78,9 +80,14 @@ def problems(nb: nbformat.NotebookNode, name: str) -> list[str]:
     return found
 
 
-def main(command: str) -> int:
+def main(command: str, names: list[str]) -> int:
+    paths = [NOTEBOOKS / Path(name).name for name in names] if names else course_notebooks()
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        print(f"no such notebook: {', '.join(missing)}", file=sys.stderr)
+        return 2
     failures = 0
-    for path in course_notebooks():
+    for path in paths:
         nb = nbformat.read(path, as_version=4)
         if command in ("strip", "sync"):
             before = nbformat.writes(nb)
@@ -93,11 +100,11 @@ def main(command: str) -> int:
                 print(f"{path.relative_to(NOTEBOOKS.parent)}: {problem}", file=sys.stderr)
                 failures += 1
     if command == "check" and not failures:
-        print(f"notebooks ok: {len(course_notebooks())} checked")
+        print(f"notebooks ok: {len(paths)} checked")
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] not in ("strip", "sync", "check"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("strip", "sync", "check"):
         sys.exit(__doc__)
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], sys.argv[2:]))
