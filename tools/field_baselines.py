@@ -4,7 +4,8 @@ On the test split of one region, per-class IoU/F1 (0 non-field, 1 interior, 2 ed
 
 (a) an NDVI threshold chosen on the training split (edges: the outer pixels of the thresholded fields),
 (b) a per-pixel random forest on the 4 bands + NDVI of sampled training pixels,
-(c) a small U-Net (plain PyTorch, ~0.47 M parameters) trained on CPU with class-weighted cross-entropy,
+(c) the reference U-Net of notebook 02 (course_utils.models.unet, ~0.48 M parameters) trained on CPU
+    with class-weighted cross-entropy,
 (d) that U-Net on the other region's test split, normalised with the training region's statistics,
 (e) the same, normalised with the other region's own training statistics.
 
@@ -25,6 +26,7 @@ from torch import nn
 from course_utils.config import seed_everything
 from course_utils.data.fields import EDGE_PX, REGIONS, FieldChipDataset, ndvi
 from course_utils.geo import read_raster
+from course_utils.models.unet import UNet
 
 CLASSES = ("non-field", "interior", "edge")
 
@@ -81,50 +83,14 @@ def pixel_forest(train: tuple[np.ndarray, np.ndarray], test_images: np.ndarray, 
     return forest.predict(pixel_features(test_images)).reshape(test_images.shape[0], *test_images.shape[2:])
 
 
-def double_conv(inputs: int, outputs: int) -> nn.Sequential:
-    """Two 3x3 convolutions with batch norm and ReLU."""
-    return nn.Sequential(
-        nn.Conv2d(inputs, outputs, 3, padding=1, bias=False),
-        nn.BatchNorm2d(outputs),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(outputs, outputs, 3, padding=1, bias=False),
-        nn.BatchNorm2d(outputs),
-        nn.ReLU(inplace=True),
-    )
-
-
-class SmallUNet(nn.Module):
-    """A four-level U-Net (16-32-64-128 channels)."""
-
-    def __init__(self, bands: int = 4, classes: int = 3, width: int = 16) -> None:
-        super().__init__()
-        channels = [width, 2 * width, 4 * width, 8 * width]
-        self.down = nn.ModuleList([double_conv(bands, channels[0])])
-        self.down.extend(double_conv(a, b) for a, b in zip(channels, channels[1:], strict=False))
-        self.up = nn.ModuleList(
-            nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in zip(channels, channels[1:], strict=False)
-        )
-        self.merge = nn.ModuleList(double_conv(2 * a, a) for a in channels[:-1])
-        self.head = nn.Conv2d(channels[0], classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for i, block in enumerate(self.down):
-            x = block(x if i == 0 else nn.functional.max_pool2d(x, 2))
-            skips.append(x)
-        for up, merge, skip in zip(reversed(self.up), reversed(self.merge), reversed(skips[:-1]), strict=True):
-            x = merge(torch.cat([up(x), skip], dim=1))
-        return self.head(x)
-
-
-def train_unet(train: FieldChipDataset, epochs: int, seed: int, crop: int = 128) -> SmallUNet:
+def train_unet(train: FieldChipDataset, epochs: int, seed: int, crop: int = 128) -> UNet:
     """(c) Train on random crops with flips, class-weighted cross-entropy, Adam."""
     seed_everything(seed)
     images = torch.stack([s["image"] for s in train])
     masks = torch.stack([s["mask"] for s in train])
     counts = torch.bincount(masks.ravel(), minlength=3).float()
     loss_fn = nn.CrossEntropyLoss(weight=(counts.sum() / (3 * counts)).sqrt())
-    model = SmallUNet()
+    model = UNet(in_channels=4, classes=3, width=16, depth=3)  # the reference U-Net of notebook 02
     print(f"U-Net: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, class weights {loss_fn.weight}")
     optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=epochs * (4 * len(train) // 8))
@@ -153,7 +119,7 @@ def train_unet(train: FieldChipDataset, epochs: int, seed: int, crop: int = 128)
 
 
 @torch.no_grad()
-def predict(model: SmallUNet, dataset: FieldChipDataset) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: UNet, dataset: FieldChipDataset) -> tuple[np.ndarray, np.ndarray]:
     """Predicted and true masks of every chip of a dataset."""
     model.eval()
     predicted, truth = [], []
