@@ -14,10 +14,8 @@ says what to do. Band numbers follow rasterio: the first band is 1.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from scipy import ndimage
 from shapely.geometry import shape
 
 from course_utils.config import get_device
+from course_utils.files import atomic_path
 
 #: Label values of the field masks (the convention of the Africa field-boundary labels).
 NON_FIELD, FIELD_INTERIOR, FIELD_EDGE = 0, 1, 2
@@ -40,20 +39,6 @@ NON_FIELD, FIELD_INTERIOR, FIELD_EDGE = 0, 1, 2
 LABEL_NODATA = 255
 
 PREDICTION_OUTPUTS = ("labels", "probabilities")
-
-
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` that is renamed to ``path`` on success and removed on error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix or ".tif")
-    os.close(handle)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _band_indexes(src: rasterio.DatasetReader, bands: Sequence[int] | None) -> list[int]:
@@ -111,7 +96,7 @@ def write_raster(path: str | os.PathLike, array: np.ndarray, profile: Mapping[st
     meta.setdefault("compress", "deflate")
     if meta.get("nodata") is not None and not np.can_cast(np.min_scalar_type(meta["nodata"]), data.dtype):
         meta["nodata"] = None  # e.g. a float nodata on an integer label raster
-    with _atomic_path(path) as tmp, rasterio.open(tmp, "w", **meta) as dst:
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **meta) as dst:
         dst.write(data)
     return path
 
@@ -526,7 +511,7 @@ def predict_raster(
         was_training = model.training
         model.to(device).eval()
         try:
-            with torch.inference_mode(), _atomic_path(dst_path) as tmp:
+            with torch.inference_mode(), atomic_path(dst_path) as tmp:
                 rows = _blended_rows(model, src, indexes, tile, overlap, normalise, batch_size, device)
                 invalid_count = _write_rows(rows, tmp, meta, output)
         finally:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from course_utils.config import NotebookRun, device_name, results_dir
+from course_utils.files import atomic_path
 
 
 def save_results(run: NotebookRun, metrics: dict[str, float], headline: str) -> Path:
@@ -43,9 +42,8 @@ def save_results(run: NotebookRun, metrics: dict[str, float], headline: str) -> 
     folder = results_dir()
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{run.notebook}.json"
-    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as handle:
-        json.dump(record, handle, indent=2)
-    os.replace(handle.name, target)
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
     print(f"results -> {target}")
     return target
 

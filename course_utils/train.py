@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 from tqdm import tqdm  # the text bar: works in terminals and notebooks without ipywidgets
 
+from course_utils.files import atomic_path
 from course_utils.metrics import accuracy, confusion_matrix, mean_f1, mean_iou
 
 Batch = dict[str, Any] | Sequence[Any]
@@ -127,16 +127,9 @@ class History:
         return next(r for r in self.records if r["epoch"] == self.best_epoch)
 
 
-def _save_atomic(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    os.close(handle)
-    try:
+def _save_atomic(payload: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def fit(

@@ -20,7 +20,6 @@ notebook 02 saved or trains it on the spot when it is missing.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from torch import nn
 
 from course_utils.config import checkpoint_dir, get_device, get_mode, seed_everything
 from course_utils.data.fields import BANDS, FieldChipDataset
+from course_utils.files import atomic_path
 from course_utils.geo import check_chip_size, read_raster
 from course_utils.losses import class_weights, make_loss
 from course_utils.metrics import confusion_matrix, f1_per_class, iou_per_class
@@ -228,11 +228,8 @@ def _read_history(path: Path) -> History | None:
 
 
 def _write_history(history: History, path: Path) -> None:
-    file = _history_path(path)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(history), indent=1))
-    os.replace(tmp, file)
+    with atomic_path(_history_path(path)) as tmp:
+        tmp.write_text(json.dumps(asdict(history), indent=1))
 
 
 def load_or_train_field_unet(
