@@ -510,6 +510,8 @@ class FieldChipDataset(torch.utils.data.Dataset):
         seed: the dataset's seed.
         transform: callable taking and returning a sample dict, applied after normalisation.
         stats: ``(mean, std)`` per band, in stored units, instead of the training split's.
+        folder: a folder in the same layout (``catalog.csv``, chips, labels) to read instead of the generated
+            data, e.g. real chips converted by :func:`course_utils.data.real_fields.prepare_ftw`.
 
     Raises:
         ValueError: for an unknown split or region, or ``stats`` without 4 bands.
@@ -523,12 +525,13 @@ class FieldChipDataset(torch.utils.data.Dataset):
         seed: int = 0,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         stats: tuple[np.ndarray, np.ndarray] | None = None,
+        folder: Path | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)}.")
-        if region is not None and region not in REGIONS:
+        if folder is None and region is not None and region not in REGIONS:
             raise ValueError(f"region {region!r} is not one of {', '.join(REGIONS)} (or None for both).")
-        self.folder = ensure_fields(mode, seed)
+        self.folder = Path(folder) if folder is not None else ensure_fields(mode, seed)
         self.catalog = read_catalog(self.folder, split=split, region=region)
         if stats is None:
             train = read_catalog(self.folder, split="train", region=region)

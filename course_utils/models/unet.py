@@ -31,6 +31,7 @@ from torch import nn
 
 from course_utils.config import checkpoint_dir, get_device, get_mode, seed_everything
 from course_utils.data.fields import BANDS, FieldChipDataset
+from course_utils.data.real_fields import field_chip_dataset
 from course_utils.files import atomic_path
 from course_utils.geo import check_chip_size, read_raster
 from course_utils.losses import class_weights, make_loss
@@ -127,16 +128,22 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def field_datasets(
-    region: str = "smallholder", mode: str | None = None, data_seed: int = 0, crop: int | None = None
+    region: str = "smallholder",
+    mode: str | None = None,
+    data_seed: int = 0,
+    crop: int | None = None,
+    dataset: str = "generated",
 ) -> tuple[FieldChipDataset, FieldChipDataset, FieldChipDataset]:
     """Train (random crops and dihedral flips when ``crop`` is given), val and test chips of one region.
 
-    All three are normalised with the training split's statistics.
+    All three are normalised with the training split's statistics. ``dataset`` is ``"generated"`` or a real
+    dataset of :func:`course_utils.data.real_fields.field_chip_dataset` (``"ftw-<country>"``), whose region is
+    its country (``region`` is then ignored).
     """
     augment = T.Compose([RandomCrop(crop), RandomFlipRotate()]) if crop else RandomFlipRotate()
-    train = FieldChipDataset("train", region, mode, data_seed, transform=augment)
-    val = FieldChipDataset("val", region, mode, data_seed, stats=train.stats)
-    test = FieldChipDataset("test", region, mode, data_seed, stats=train.stats)
+    train = field_chip_dataset("train", dataset, region, mode, data_seed, transform=augment)
+    val = field_chip_dataset("val", dataset, region, mode, data_seed, stats=train.stats)
+    test = field_chip_dataset("test", dataset, region, mode, data_seed, stats=train.stats)
     return train, val, test
 
 
