@@ -11,7 +11,7 @@ TEST_MODE ?= $(or $(COURSE_MODE),smoke)
 # pytest-xdist workers: notebooks are spread over workers, a notebook's cells stay on one (loadscope).
 WORKERS ?= 2
 
-.PHONY: help setup data course test unit nbtest lint strip lab clean
+.PHONY: help setup data course test unit nbtest lint strip lab clean bench wheels
 
 help:
 	@echo "make course   set up, generate the data, run every notebook (default mode), print the results table"
@@ -20,6 +20,8 @@ help:
 	@echo "make lab      open the notebooks in JupyterLab"
 	@echo "make strip    strip outputs from the notebooks before a commit"
 	@echo "make lint     ruff over code and notebooks"
+	@echo "make bench    training throughput (course loop vs naive loop) and data-wait share -> benchmarks/results/"
+	@echo "make wheels   download the wheels for an offline GPU machine (Python 3.12, torch installed) into wheels/"
 	@echo "make clean    remove executed notebooks and results (keeps .venv and the data cache)"
 
 setup: $(STAMP)
@@ -60,6 +62,15 @@ strip: setup
 
 lab: setup
 	$(BIN)/jupyter lab notebooks
+
+BENCH_ARGS ?= --epochs 3 --samples-per-epoch 48
+
+bench: setup
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) benchmarks/bench_training.py $(BENCH_ARGS)
+	$(PY) benchmarks/summary.py
+
+wheels: setup
+	$(PY) tools/collect_wheels.py --dest wheels
 
 clean:
 	rm -rf build results

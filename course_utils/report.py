@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from course_utils.config import NotebookRun, device_name, results_dir
 from course_utils.files import atomic_path
+
+
+def peak_ram_mib() -> int | None:
+    """Peak resident memory of this process so far, in MiB (the notebook's kernel when called from one).
+
+    ``None`` on Windows, which has no ``resource`` module.
+    """
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / 2**20 if sys.platform == "darwin" else peak / 2**10)  # bytes on macOS, KiB on Linux
 
 
 def save_results(run: NotebookRun, metrics: dict[str, float], headline: str) -> Path:
@@ -38,7 +54,10 @@ def save_results(run: NotebookRun, metrics: dict[str, float], headline: str) -> 
         "seconds": round(run.elapsed(), 1),
         "headline": headline.strip(),
         "metrics": clean,
+        "peak_ram_mib": peak_ram_mib(),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        record["gpu_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
     folder = results_dir()
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{run.notebook}.json"

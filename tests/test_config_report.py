@@ -104,3 +104,12 @@ def test_save_results_rejects_bad_numbers(results_folder: Path) -> None:
     with pytest.raises(ValueError, match="headline"):
         report.save_results(run, {"loss": 1.0}, headline="  ")
     assert not results_folder.exists() or not list(results_folder.iterdir())
+
+
+def test_peak_ram_counts_a_large_allocation() -> None:
+    before = report.peak_ram_mib()
+    block = np.ones(300 * 2**20 // 8)  # 300 MiB of float64, touched so it is resident
+    assert block.sum() > 0
+    after = report.peak_ram_mib()
+    assert after >= 300, f"peak {after} MiB after holding 300 MiB"
+    assert after >= before

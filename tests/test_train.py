@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from course_utils.train import evaluate, fit, load_or_train, split_batch
+from course_utils.metrics import confusion_matrix
+from course_utils.train import evaluate, fit, load_or_train, loader_options, split_batch
 
 CPU = torch.device("cpu")
 
@@ -118,3 +122,73 @@ def test_load_or_train_trains_once_then_loads(tmp_path: Path) -> None:
     assert len(calls) == 1 and torch.all(fresh.weight == 3.0)
     with pytest.raises(RuntimeError, match="delete the file"):
         load_or_train(nn.Linear(3, 2), path, train)
+
+
+def test_loader_options_fit_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    assert loader_options(CPU) == {"num_workers": 5, "pin_memory": False, "persistent_workers": True}
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes share the six cores
+    gpu = loader_options(torch.device("cuda"))
+    assert gpu["num_workers"] == 2 and gpu["pin_memory"]
+    assert loader_options(CPU, num_workers=0) == {"num_workers": 0, "pin_memory": False, "persistent_workers": False}
+    with pytest.raises(ValueError, match="num_workers"):
+        loader_options(CPU, num_workers=-1)
+
+
+def test_on_device_confusion_matches_the_metrics_module() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(6, 3, 5, 5, generator=generator), torch.randint(0, 4, (6, 5, 5), generator=generator)
+    target[target == 3] = 255  # ignored pixels
+    loader = [(logits[:4], target[:4]), (logits[4:], target[4:])]
+    result = evaluate(nn.Identity(), loader, nn.CrossEntropyLoss(ignore_index=255), CPU, num_classes=3,
+                      ignore_index=255)  # fmt: skip
+    expected = confusion_matrix(logits.argmax(1), target, 3, ignore_index=255)
+    assert np.array_equal(result["confusion"], expected) and result["confusion"].sum() == (target != 255).sum()
+    with pytest.raises(ValueError, match="outside the classes"):
+        evaluate(nn.Identity(), loader, nn.CrossEntropyLoss(ignore_index=255), CPU, num_classes=3)
+
+
+class EpochRecorder(torch.utils.data.Sampler):
+    """A sequential sampler that records the epochs fit announces through ``set_epoch``."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.epochs = size, []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+    def __iter__(self):
+        return iter(range(self.size))
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def test_fast_options_give_the_same_training_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_compile(forward):
+        def fails(*args):
+            raise RuntimeError("no compiler here")
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    x = torch.randn(16, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    weights = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        model = nn.Conv2d(2, 2, 3, padding=1)
+        sampler = EpochRecorder(16)
+        train = DataLoader(TensorDataset(x, y), batch_size=4, sampler=sampler)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit(model, train, DataLoader(TensorDataset(x, y), batch_size=8), loss_fn=nn.CrossEntropyLoss(),
+                optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=2, device=CPU, num_classes=2,
+                progress=False, amp=fast, channels_last=fast, compile_model=fast)  # fmt: skip
+        assert sampler.epochs == [1, 2]
+        assert [str(w.message) for w in caught if "torch.compile" in str(w.message)] == (
+            ["torch.compile failed (RuntimeError); running the model uncompiled."] if fast else []
+        )
+        weights.append(model.weight.detach().clone())
+    assert model.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(weights[0], weights[1], atol=1e-6)  # AMP is off on the CPU; layouts compute the same
