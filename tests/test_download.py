@@ -195,7 +195,10 @@ def test_registry_entries_are_pinned_and_cited() -> None:
     assert {"ftw-austria", "eurosat100", "eurosat100-train"} <= set(dl.REGISTRY)
     for name, item in dl.REGISTRY.items():
         assert item.url.startswith("https://"), name
-        assert len(item.md5) == 32 and int(item.md5, 16) >= 0, name
+        if item.md5 is None:  # BreizhCrops publishes no checksum: its loader checks the published size and layout
+            assert name.startswith("breizhcrops-"), name
+        else:
+            assert len(item.md5) == 32 and int(item.md5, 16) >= 0, name
         assert item.licence and item.citation and item.source, name
     assert "06fd1b090bceecc0ce724cd21578ba7a6664fe8d" in dl.REGISTRY["eurosat100"].url  # a commit, not "main"
 

@@ -1,14 +1,15 @@
 """Real public datasets: a small registry of pinned files, and a download that is cached, resumable and verified.
 
 The generated data is the course's default because it always works. Where a learner is online (Colab, a lab
-machine), the loaders in ``course_utils.data.real_fields`` and ``course_utils.data.eurosat`` read real data
-instead; they call :func:`fetch`, which
+machine), the loaders in ``course_utils.data.real_fields``, ``course_utils.data.eurosat`` and
+``course_utils.data.breizhcrops`` read real data instead; they call :func:`fetch`, which
 
 1. downloads a registered file into ``<data cache>/downloads`` with a progress bar, writing ``<name>.part``;
    an interrupted download keeps its ``.part`` and the next call resumes it with an HTTP ``Range`` request;
 2. verifies the complete file (size where the publisher gives it, and the MD5 checksum published by the
    dataset's own distribution or a well-kept library, cited on each entry) and only then renames it into place;
-   a file that fails the check is deleted, so a broken download is never used;
+   a file that fails the check is deleted, so a broken download is never used (BreizhCrops publishes no
+   checksum: its loader checks the published size of the extracted file and the files' layout instead);
 3. extracts the archive into a temporary folder, refusing members that would land outside it (path
    traversal), and renames the folder into place when extraction is complete.
 
@@ -49,7 +50,9 @@ class RemoteFile:
     Attributes:
         filename: the name it is stored under in the downloads folder (and on a mirror).
         url: the pinned origin URL.
-        md5: the published MD5 checksum (hex).
+        md5: the published MD5 checksum (hex), or ``None`` where the publisher gives none (BreizhCrops): the
+            module that reads such a file then checks what is published (a size, the file's structure) and
+            deletes the download when the check fails.
         size: the exact size in bytes where the publisher gives it, else ``None`` (the MD5 still guards it).
         licence: the data licence.
         citation: what to cite when using it.
@@ -58,7 +61,7 @@ class RemoteFile:
 
     filename: str
     url: str
-    md5: str
+    md5: str | None
     size: int | None
     licence: str
     citation: str
@@ -114,6 +117,31 @@ EUROSAT100_SPLIT_MD5 = {
     "test": "f908f151b950f270ad18e61153579794",
 }
 
+# The package declares MIT (setup.py, commit 379c071fbf91ad42bba10109d47f79bd596d7d9a); the data states no licence
+# of its own beyond its sources': the French parcel registry and Copernicus Sentinel-2.
+BREIZHCROPS_LICENCE = (
+    "labels: Registre Parcellaire Graphique 2017 (IGN/ASP), Licence Ouverte / Open Licence (Etalab); imagery: "
+    "Copernicus Sentinel-2 data, free and open; breizhcrops package: MIT"
+)
+BREIZHCROPS_CITATION = (
+    "Russwurm, M., Pelletier, C., Zollner, M., Lefevre, S., Koerner, M. (2020). BreizhCrops: A Time Series Dataset "
+    "for Crop Type Mapping. ISPRS Archives XLIII-B2-2020. "
+    "https://doi.org/10.5194/isprs-archives-XLIII-B2-2020-1545-2020"
+)
+# URLs from breizhcrops/datasets/urls.py of github.com/dl4sits/BreizhCrops (master: the S3 bucket; commit
+# 83fd456ecfab3ffde58989e57493c6d452484197 pinned the same files on syncandshare.lrz.de). BreizhCrops publishes
+# no checksum, only the size of the *extracted* HDF5 file (FILESIZES[2017]["L1C"]["belle-ile"] = 17 038 944
+# bytes), so these entries carry md5=None and course_utils.data.breizhcrops checks that size, the HDF5 layout
+# and the CSV columns, deleting what fails.
+BREIZHCROPS_SOURCE = "dl4sits/BreizhCrops breizhcrops/datasets/urls.py (H5_URLs, INDEX_FILE_URLs, CLASSMAPPINGURL)"
+BREIZHCROPS_S3 = "https://breizhcrops.s3.eu-central-1.amazonaws.com"
+#: Registry name -> (file name in the downloads folder, path in the BreizhCrops bucket).
+BREIZHCROPS_FILES = {
+    "breizhcrops-belle-ile-l1c-h5": ("breizhcrops-2017-L1C-belle-ile.h5.tar.gz", "2017/L1C/belle-ile.h5.tar.gz"),
+    "breizhcrops-belle-ile-l1c-index": ("breizhcrops-2017-L1C-belle-ile.csv", "2017/L1C/belle-ile.csv"),
+    "breizhcrops-classmapping": ("breizhcrops-classmapping.csv", "classmapping.csv"),
+}
+
 REGISTRY: dict[str, RemoteFile] = {
     **{
         f"ftw-{country}": RemoteFile(
@@ -147,6 +175,18 @@ REGISTRY: dict[str, RemoteFile] = {
             source=EUROSAT_SOURCE,
         )
         for split, md5 in EUROSAT100_SPLIT_MD5.items()
+    },
+    **{
+        name: RemoteFile(
+            filename=filename,
+            url=f"{BREIZHCROPS_S3}/{path}",
+            md5=None,
+            size=None,
+            licence=BREIZHCROPS_LICENCE,
+            citation=BREIZHCROPS_CITATION,
+            source=BREIZHCROPS_SOURCE,
+        )
+        for name, (filename, path) in BREIZHCROPS_FILES.items()
     },
 }
 
@@ -183,7 +223,7 @@ def md5sum(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
 
 
 def verify(path: Path, item: RemoteFile) -> None:
-    """Check a downloaded file's size (when known) and MD5 against the registry.
+    """Check a downloaded file's size and MD5 against the registry (each where the registry has one).
 
     Raises:
         ValueError: when either differs, naming the expected and the found value.
@@ -191,6 +231,8 @@ def verify(path: Path, item: RemoteFile) -> None:
     size = path.stat().st_size
     if item.size is not None and size != item.size:
         raise ValueError(f"{item.filename}: {size} bytes, expected {item.size}")
+    if item.md5 is None:
+        return
     found = md5sum(path)
     if found != item.md5:
         raise ValueError(f"{item.filename}: MD5 {found}, expected {item.md5} (published in {item.source})")

@@ -424,6 +424,8 @@ class ParcelSeriesDataset(Dataset):
         transform: a callable applied to each sample dict (see ``course_utils.transforms``).
         stats: ``(mean, std)`` per band in reflectance; default: computed on the training split of the same
             region(s). Pass the training dataset's ``stats`` to normalise another region the same way.
+        folder: a folder in the same layout (``catalog.csv``, ``observations_*.parquet``) to read instead of the
+            generated data, e.g. BreizhCrops converted by :mod:`course_utils.data.breizhcrops`.
 
     Raises:
         ValueError: for an unknown split or region, or ``stats`` of the wrong shape.
@@ -439,12 +441,13 @@ class ParcelSeriesDataset(Dataset):
         drop_cloudy: bool = False,
         transform: Any = None,
         stats: tuple[np.ndarray, np.ndarray] | None = None,
+        folder: Path | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split={split!r} is not one of {', '.join(SPLITS)}.")
         if seq_len is not None and seq_len < 1:
             raise ValueError(f"seq_len={seq_len} must be a positive length, or None for full series.")
-        self.folder = ensure_parcels(mode, seed)
+        self.folder = Path(folder) if folder is not None else ensure_parcels(mode, seed)
         self.catalog = read_catalog(self.folder, split=split, region=region)
         self.seed, self.seq_len, self.transform = seed, seq_len, transform
         table = read_observations(self.folder, self.catalog, drop_cloudy)
