@@ -11,7 +11,7 @@ TEST_MODE ?= $(or $(COURSE_MODE),smoke)
 # pytest-xdist workers: notebooks are spread over workers, a notebook's cells stay on one (loadscope).
 WORKERS ?= 2
 
-.PHONY: help setup data course test unit nbtest lint strip lab clean bench wheels
+.PHONY: help setup data course test unit nbtest lint strip lab clean bench wheels student figures html
 
 help:
 	@echo "make course   set up, generate the data, run every notebook (default mode), print the results table"
@@ -20,6 +20,9 @@ help:
 	@echo "make lab      open the notebooks in JupyterLab"
 	@echo "make strip    strip outputs from the notebooks before a commit"
 	@echo "make lint     ruff over code and notebooks"
+	@echo "make student  regenerate notebooks/student/ (exercises without solutions) from the notebooks"
+	@echo "make figures  redraw the diagrams in figures/ (deterministic)"
+	@echo "make html     render every notebook to build/html/ (from build/executed/ when make course ran)"
 	@echo "make bench    training throughput (course loop vs naive loop) and data-wait share -> benchmarks/results/"
 	@echo "make wheels   download the wheels for an offline GPU machine (Python 3.12, torch installed) into wheels/"
 	@echo "make clean    remove executed notebooks and results (keeps .venv and the data cache)"
@@ -62,6 +65,15 @@ strip: setup
 
 lab: setup
 	$(BIN)/jupyter lab notebooks
+
+student: setup
+	$(PY) tools/notebooks.py student
+
+figures: setup
+	$(PY) -m course_utils.figures
+
+html: setup
+	$(PY) tools/notebooks.py html
 
 BENCH_ARGS ?= --epochs 3 --samples-per-epoch 48
 
