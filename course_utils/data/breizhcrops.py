@@ -20,7 +20,8 @@ were modelled on it (same 13 L1C bands, same 9 classes), so a real parcel and a 
 Only ``belle-ile`` (the smallest region, an island off southern Brittany) is offered: the four departments are
 1.5-2.6 GB each. :func:`prepare_breizhcrops` converts it once into the course layout (``catalog.csv``,
 ``observations_belle-ile.parquet``, ``classes.csv``) in the data cache; :func:`parcel_dataset` is the one entry
-point a notebook calls, with :func:`parcel_folder` and :func:`parcel_class_names` for the files and class names.
+point a notebook calls, with :func:`parcel_folder`, :func:`parcel_class_names` and :func:`parcel_region` for the
+files, the class names and the catalog's region name.
 """
 
 from __future__ import annotations
@@ -440,3 +441,12 @@ def parcel_class_names(dataset: str = "generated", mode: str | None = None, seed
         ValueError: for an unknown dataset name.
     """
     return CROP_CLASSES if dataset == "generated" else _class_names(parcel_folder(dataset, mode, seed))
+
+
+def parcel_region(dataset: str = "generated", region: str = "A") -> str:
+    """The region name that the catalog of ``dataset`` uses: ``region`` for the generated data, else BreizhCrops'.
+
+    Raises:
+        ValueError: for an unknown dataset name.
+    """
+    return _check_dataset(dataset) or region

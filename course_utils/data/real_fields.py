@@ -13,8 +13,15 @@ FTW (Kerner et al. 2025) pairs Sentinel-2 L2A chips (256 x 256 px, 10 m) from tw
 * **labels**: Brazil, India, Kenya and Rwanda have presence-only labels (value 3, "unlabelled"), which the
   course's losses do not ignore; those countries are refused with an explanation.
 
+The conversion writes the whole layout of the generated field data, so notebook 02 runs unchanged on it:
+field polygons traced from each chip's 3-class mask (``fields/<country>.gpkg``, one row per field with its
+``chip_id``) and the catalog's statistics columns. FTW has no larger scenes, only 256 x 256 px chips, so a few
+test chips (those with the most fields) are listed a second time with split ``scene``: the notebook's whole-scene
+prediction, polygonising and field matching run on them tile by tile, as on a generated scene.
+
 :func:`prepare_ftw` converts a downloaded country once into the course layout (``catalog.csv``, ``chips/``,
-``labels/``) in the data cache; :func:`field_chip_dataset` is the one entry point a notebook calls.
+``labels/``, ``fields/``) in the data cache; :func:`field_chip_dataset` is the one entry point a notebook calls,
+with :func:`field_folder` and :func:`field_region` for the folder and the catalog's region name.
 """
 
 from __future__ import annotations
@@ -24,14 +31,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 
 from course_utils.config import by_mode, get_mode
 from course_utils.data.download import FTW_MD5, fetch
-from course_utils.data.fields import FieldChipDataset
+from course_utils.data.fields import EDGE_PX, FieldChipDataset, ensure_fields
 from course_utils.data.store import ensure_generated
-from course_utils.geo import FIELD_EDGE, read_raster, write_raster
+from course_utils.geo import FIELD_EDGE, FIELD_INTERIOR, polygonize, read_raster, write_raster
 
 FTW_BANDS = ("red", "green", "blue", "nir")
 """Band order of FTW's ``window_a`` / ``window_b`` GeoTIFFs."""
@@ -45,12 +53,15 @@ SPLITS = ("train", "val", "test")
 
 
 def chips_per_split(mode: str) -> dict[str, int | None]:
-    """How many chips of each split a mode keeps (a seeded random subset); ``None`` keeps all."""
+    """How many chips of each split a mode keeps (a seeded random subset); ``None`` keeps all.
+
+    ``scene`` is how many of the kept test chips are listed again as scenes (FTW has no larger scenes).
+    """
     return by_mode(
         mode,
-        smoke={"train": 12, "val": 4, "test": 4},
-        lite={"train": 400, "val": 100, "test": 100},
-        full={"train": None, "val": None, "test": None},
+        smoke={"train": 12, "val": 4, "test": 4, "scene": 1},
+        lite={"train": 400, "val": 100, "test": 100, "scene": 2},
+        full={"train": None, "val": None, "test": None, "scene": 2},
     )
 
 
@@ -87,11 +98,43 @@ def _country_root(source: Path, country: str) -> Path:
     return tables[0].parent
 
 
+def chip_fields(mask: np.ndarray, profile: dict[str, Any], chip_id: str, country: str) -> gpd.GeoDataFrame:
+    """The field polygons of one chip's 3-class mask, in EPSG:4326 like the generated GeoPackage.
+
+    Each connected region of interior pixels becomes a polygon, grown by the edge width
+    (:func:`course_utils.geo.polygonize`), so the polygons rasterise back to the mask's fields.
+    """
+    fields = polygonize(mask, profile["transform"], profile["crs"], field_values=(FIELD_INTERIOR,), grow_px=EDGE_PX)
+    table = gpd.GeoDataFrame(
+        {"field_id": [f"{chip_id}-f{k:04d}" for k in range(len(fields))], "region": country, "chip_id": chip_id},
+        geometry=fields.geometry.to_numpy(),
+        crs=fields.crs,
+    )
+    return table.to_crs("EPSG:4326")
+
+
+def catalog_row(chip_id: str, country: str, split: str, mask: np.ndarray, n_fields: int) -> dict[str, Any]:
+    """A catalog row with the generated catalog's columns: paths and the label's field statistics."""
+    return {
+        "id": chip_id,
+        "region": country,
+        "split": split,
+        "image": f"chips/{chip_id}.tif",
+        "label": f"labels/{chip_id}.tif",
+        "fields": f"fields/{country}.gpkg",
+        "n_fields": n_fields,
+        "field_fraction": round(float((mask > 0).mean()), 4),
+        "edge_fraction": round(float((mask == FIELD_EDGE).mean()), 4),
+        "mean_field_px": round(float((mask > 0).sum() / max(n_fields, 1)), 1),
+    }
+
+
 def convert_ftw(folder: Path, mode: str, seed: int, *, source: Path, country: str, window: str = "a") -> None:
-    """Write an FTW country in the course's field-chip layout into ``folder`` (chips, labels, catalog).
+    """Write an FTW country in the course's field-chip layout into ``folder`` (chips, labels, fields, catalog).
 
     Chips whose imagery is missing (FTW lists some AOIs without images) are skipped. Each split keeps a
-    random subset of :func:`chips_per_split` chips, drawn with ``seed``.
+    random subset of :func:`chips_per_split` chips, drawn with ``seed``. The kept test chips with the most
+    fields are listed again with split ``scene`` (FTW has no larger scenes).
 
     Args:
         folder: an empty folder (``prepare_ftw`` passes a temporary one and renames it when done).
@@ -110,24 +153,29 @@ def convert_ftw(folder: Path, mode: str, seed: int, *, source: Path, country: st
     table = table[table["split"].isin(SPLITS)]
     table = table[[(image_dir / f"{aoi}.tif").is_file() for aoi in table["aoi_id"]]]
     rng = np.random.default_rng(seed)
-    rows = []
-    for split, keep in chips_per_split(mode).items():
+    rows, fields = [], []
+    keeps = chips_per_split(mode)
+    for split in SPLITS:
         aois = table.loc[table["split"] == split, "aoi_id"].astype(str).to_numpy()
         if len(aois) == 0:
             raise ValueError(f"FTW {country} has no {split} chip with window_{window} imagery under {root}.")
-        if keep is not None and keep < len(aois):
-            aois = np.sort(rng.choice(aois, keep, replace=False))
+        if keeps[split] is not None and keeps[split] < len(aois):
+            aois = np.sort(rng.choice(aois, keeps[split], replace=False))
         for aoi in aois:
             image, profile = read_raster(image_dir / f"{aoi}.tif")
             mask, mask_profile = read_raster(label_dir / f"{aoi}.tif")
             if mask.max() > FIELD_EDGE:
                 raise ValueError(f"{label_dir / aoi}.tif has label values {np.unique(mask).tolist()}; expected 0-2.")
-            row = {"id": aoi, "region": country, "split": split, "image": f"chips/{aoi}.tif"}
-            row |= {"label": f"labels/{aoi}.tif", "field_fraction": round(float((mask > 0).mean()), 4)}
-            write_raster(folder / row["image"], ftw_to_course_bands(image), profile)
-            write_raster(folder / row["label"], mask.astype(np.uint8), {**mask_profile, "nodata": None})
-            rows.append(row)
-    pd.DataFrame(rows).to_csv(folder / "catalog.csv", index=False)
+            fields.append(chip_fields(mask[0], mask_profile, aoi, country))
+            rows.append(catalog_row(aoi, country, split, mask[0], len(fields[-1])))
+            write_raster(folder / rows[-1]["image"], ftw_to_course_bands(image), profile)
+            write_raster(folder / rows[-1]["label"], mask.astype(np.uint8), {**mask_profile, "nodata": None})
+    catalog = pd.DataFrame(rows)
+    test = catalog[catalog["split"] == "test"].sort_values(["n_fields", "id"], ascending=[False, True])
+    scenes = test.head(keeps["scene"]).assign(split="scene")
+    (folder / "fields").mkdir()
+    pd.concat(fields, ignore_index=True).to_file(folder / f"fields/{country}.gpkg", layer="fields", driver="GPKG")
+    pd.concat([catalog, scenes], ignore_index=True).to_csv(folder / "catalog.csv", index=False)
 
 
 def prepare_ftw(
@@ -150,9 +198,14 @@ def prepare_ftw(
     _check_country(country)
     if window not in WINDOWS:
         raise ValueError(f"window {window!r} is not one of {', '.join(WINDOWS)} (early or late season).")
-    source = Path(source) if source is not None else fetch(f"ftw-{country}")
-    convert = partial(convert_ftw, source=source, country=country, window=window)
+    convert = partial(_convert_country, source=source, country=country, window=window)
     return ensure_generated(f"ftw-{country}-window{window}", mode or get_mode(), seed, convert)
+
+
+def _convert_country(folder: Path, mode: str, seed: int, *, source: Path | None, country: str, window: str) -> None:
+    """:func:`convert_ftw` on ``source``, or on the downloaded archive (fetched only when a conversion is needed)."""
+    source = Path(source) if source is not None else fetch(f"ftw-{country}")
+    convert_ftw(folder, mode, seed, source=source, country=country, window=window)
 
 
 class FTWChipDataset(FieldChipDataset):
@@ -163,7 +216,7 @@ class FTWChipDataset(FieldChipDataset):
     chips, or with ``stats``.
 
     Args:
-        split: ``train``, ``val`` or ``test`` (FTW has no larger scenes).
+        split: ``train``, ``val`` or ``test`` (FTW has no larger scenes; its ``scene`` rows are test chips).
         country: a fully labelled FTW country.
         mode: how many chips are kept; ``None`` reads ``COURSE_MODE``.
         seed: seeds the subset of chips.
@@ -185,7 +238,10 @@ class FTWChipDataset(FieldChipDataset):
         source: Path | None = None,
     ) -> None:
         if split not in SPLITS:
-            raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)} (FTW has chips only, no scenes).")
+            raise ValueError(
+                f"split {split!r} is not one of {', '.join(SPLITS)} (FTW has chips only, no scenes: its catalog's "
+                "'scene' rows are test chips listed again; read them as chips of the 'test' split)."
+            )
         folder = prepare_ftw(country, mode, seed, window, source)
         super().__init__(split, mode=mode, seed=seed, transform=transform, stats=stats, folder=folder)
 
@@ -214,8 +270,39 @@ def field_chip_dataset(
     Raises:
         ValueError: for an unknown dataset name.
     """
-    if dataset == "generated":
+    country = _ftw_country(dataset)
+    if not country:
         return FieldChipDataset(split, region, mode, seed, transform=transform, stats=stats)
+    return FTWChipDataset(split, country, mode, seed, transform=transform, stats=stats)
+
+
+def _ftw_country(dataset: str) -> str:
+    """The country of ``dataset`` (``"ftw-<country>"``), or ``""`` for the generated data.
+
+    Raises:
+        ValueError: for an unknown dataset name.
+    """
+    if dataset == "generated":
+        return ""
     if dataset.startswith("ftw-"):
-        return FTWChipDataset(split, dataset.removeprefix("ftw-"), mode, seed, transform=transform, stats=stats)
+        return dataset.removeprefix("ftw-")
     raise ValueError(f"dataset {dataset!r} is not 'generated' or 'ftw-<country>' (countries: {', '.join(COUNTRIES)}).")
+
+
+def field_folder(dataset: str = "generated", mode: str | None = None, seed: int = 0) -> Path:
+    """The folder of ``dataset`` in the course's field layout (see :func:`field_chip_dataset`), made on first use.
+
+    Raises:
+        ValueError: for an unknown dataset name.
+    """
+    country = _ftw_country(dataset)
+    return prepare_ftw(country, mode, seed) if country else ensure_fields(mode, seed)
+
+
+def field_region(dataset: str = "generated", region: str = "smallholder") -> str:
+    """The region name that the catalog of ``dataset`` uses: ``region`` for the generated data, else the country.
+
+    Raises:
+        ValueError: for an unknown dataset name.
+    """
+    return _ftw_country(dataset) or region

@@ -14,7 +14,8 @@ notebook 02 saved or trains it on the spot when it is missing.
 * :func:`predict_masks` and :func:`field_scores`: predicted masks of a dataset, per-class IoU/F1 and
   field-extent IoU (interior + edge against non-field).
 * :func:`load_or_train_field_unet`: the checkpoint ``field_unet_<region>_<mode>_seed<seed>.pt`` under
-  :func:`course_utils.config.checkpoint_dir`, trained with the recipe of :data:`FIELD_UNET_RECIPE`.
+  :func:`course_utils.config.checkpoint_dir`, trained with the recipe of :data:`FIELD_UNET_RECIPE`
+  (``field_unet_<dataset>_...`` for a real dataset such as ``ftw-austria``).
 """
 
 from __future__ import annotations
@@ -217,10 +218,16 @@ def field_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return scores
 
 
-def field_unet_path(region: str, mode: str, seed: int = 0, loss: str = "ce_dice") -> Path:
-    """Checkpoint file of the field U-Net for a region, mode, training seed and loss recipe."""
+def field_unet_path(
+    region: str, mode: str, seed: int = 0, loss: str = "ce_dice", *, dataset: str = "generated"
+) -> Path:
+    """Checkpoint file of the field U-Net for a region, mode, training seed and loss recipe.
+
+    A real ``dataset`` (e.g. ``"ftw-austria"``) names the file instead of the region, which it implies.
+    """
     suffix = "" if loss == "ce_dice" else f"_{loss}"
-    return checkpoint_dir() / f"field_unet_{region}_{mode}_seed{seed}{suffix}.pt"
+    data = region if dataset == "generated" else dataset
+    return checkpoint_dir() / f"field_unet_{data}_{mode}_seed{seed}{suffix}.pt"
 
 
 def _history_path(path: Path) -> Path:
@@ -249,6 +256,7 @@ def load_or_train_field_unet(
     device: torch.device | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    dataset: str = "generated",
     **recipe: Any,
 ) -> tuple[UNet, History | None]:
     """The trained field U-Net of a region: loaded from its checkpoint, or trained now and saved.
@@ -262,6 +270,8 @@ def load_or_train_field_unet(
         device: where to train; default :func:`course_utils.config.get_device`.
         num_workers: DataLoader worker processes.
         progress: show a progress bar while training.
+        dataset: ``"generated"`` or a real dataset of :func:`field_datasets` (``"ftw-<country>"``, whose region
+            is its country: ``region`` is then ignored); a real one is part of the file name.
         recipe: overrides of :data:`FIELD_UNET_RECIPE` (``width``, ``epochs``, ``crop``, ``batch_size``,
             ``samples_per_epoch``, ``lr``); a checkpoint that exists is loaded whatever they say.
 
@@ -275,7 +285,7 @@ def load_or_train_field_unet(
     if unknown:
         raise TypeError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(FIELD_UNET_RECIPE[mode])}")
     settings = FIELD_UNET_RECIPE[mode] | recipe
-    path = field_unet_path(region, mode, seed, loss)
+    path = field_unet_path(region, mode, seed, loss, dataset=dataset)
     width = settings["width"]
     if path.is_file():  # build the model the checkpoint was trained with
         width = torch.load(path, map_location="cpu", weights_only=True)["head.weight"].shape[1]
@@ -284,7 +294,7 @@ def load_or_train_field_unet(
 
     def train(net: nn.Module) -> None:
         seed_everything(seed)
-        train_set, val_set, _ = field_datasets(region, mode, data_seed, settings["crop"])
+        train_set, val_set, _ = field_datasets(region, mode, data_seed, settings["crop"], dataset=dataset)
         masks = np.stack([read_raster(train_set.folder / label)[0][0] for label in train_set.catalog["label"]])
         net.set_stats(train_set.stats)
         run_device = device or get_device()
