@@ -70,6 +70,15 @@ def split_batch(batch: Batch, inputs: Inputs = "image", target: str = "mask") ->
     return (batch[0],), batch[1]
 
 
+def _batch_size(target: Any) -> int:
+    """Samples in a batch's target: a tensor, or a tuple/list/dict of per-task tensors (multitask)."""
+    if isinstance(target, dict):
+        target = next(iter(target.values()))
+    elif isinstance(target, tuple | list):
+        target = target[0]
+    return len(target)
+
+
 def available_cpus() -> int:
     """CPU cores this process may run on (its affinity mask, which containers and schedulers restrict)."""
     if hasattr(os, "sched_getaffinity"):
@@ -191,7 +200,7 @@ def evaluate(
         with _autocast(device, amp):
             outputs = model(*args)
             loss = loss_fn(outputs, y)
-        size = len(y)
+        size = _batch_size(y)
         total_loss += loss.float() * size
         count += size
         if cm is not None:
@@ -327,8 +336,9 @@ def fit(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            totals[0] += loss.detach().float() * len(y)  # stays on the device: no sync per batch
-            totals[1] += len(y)
+            size = _batch_size(y)
+            totals[0] += loss.detach().float() * size  # stays on the device: no sync per batch
+            totals[1] += size
         if world > 1:
             torch.distributed.all_reduce(totals)
         total_loss, count = totals.tolist()

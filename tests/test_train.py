@@ -192,3 +192,17 @@ def test_fast_options_give_the_same_training_on_the_cpu(monkeypatch: pytest.Monk
         weights.append(model.weight.detach().clone())
     assert model.weight.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(weights[0], weights[1], atol=1e-6)  # AMP is off on the CPU; layouts compute the same
+
+
+def test_multitask_targets_weight_the_loss_by_samples_not_tasks() -> None:
+    model = nn.Linear(2, 2)
+    batches = [
+        (torch.zeros(1, 2), (torch.zeros(1), torch.zeros(1))),
+        (torch.ones(3, 2), (torch.ones(3), torch.ones(3))),
+    ]
+
+    def loss_fn(outputs: torch.Tensor, targets: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return targets[0].mean() * 4.0  # 0 for the one-sample batch, 4 for the three-sample batch
+
+    result = evaluate(model, batches, loss_fn, torch.device("cpu"))
+    assert result["loss"] == pytest.approx(3.0)  # (1 * 0 + 3 * 4) / 4 samples; per task it would be (0 + 8) / 4 = 2
