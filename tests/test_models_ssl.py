@@ -116,7 +116,7 @@ def test_mae_patchify_masking_and_loss() -> None:
     loss, prediction, mask = mae(x)
     assert prediction.shape == patches.shape and mask.shape == (3, 16)
     assert torch.equal(mask.sum(1), torch.full((3,), 12.0))  # 75 % of 16 patches hidden
-    error = ((prediction - patches) ** 2).mean(-1)
+    error = ((prediction.detach() - patches) ** 2).mean(-1)
     assert float(loss.detach()) == pytest.approx(float(error[mask.bool()].mean()), rel=1e-5)  # hidden patches only
     assert mae.encode(x, torch.zeros(3, 4, dtype=torch.long)).shape == (3, 4, 32)
 
