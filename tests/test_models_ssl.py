@@ -127,13 +127,13 @@ def test_mae_learns() -> None:
                             decoder_depth=1, mask_ratio=0.5)  # fmt: skip
     x = torch.linspace(-1, 1, 16).repeat(16, 1)[None, None].repeat(8, 1, 1, 1)  # a smooth ramp: easy to infill
     optimizer = torch.optim.Adam(mae.parameters(), lr=3e-3)
-    first = float(mae(x)[0])
+    first = float(mae(x)[0].detach())
     for _ in range(60):
         loss = mae(x)[0]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert float(loss) < 0.2 * first
+    assert float(loss.detach()) < 0.2 * first
 
 
 def test_unet_encoder_shares_weights_and_hypercolumns() -> None:

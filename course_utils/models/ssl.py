@@ -384,7 +384,7 @@ def pretrain_simclr(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=lr / 20)
     losses = []
     bar = tqdm(range(steps), desc="SimCLR steps", disable=not progress)
-    for _ in bar:
+    for step in bar:
         view1, view2 = (v.to(device, non_blocking=True) for v in sampler.pairs(batch_size))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             z1, z2 = model(view1), model(view2)
@@ -393,10 +393,11 @@ def pretrain_simclr(
         loss.backward()
         optimizer.step()
         scheduler.step()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        losses.append(loss.detach())  # kept on the device: reading it every step would wait for the GPU
+        if step % 25 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
     bar.close()
-    return losses
+    return torch.stack(losses).float().cpu().tolist()
 
 
 def ssl_field_unet_path(mode: str, seed: int = 0) -> Path:

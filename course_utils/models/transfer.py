@@ -152,11 +152,11 @@ def fine_tune(
         loss.backward()
         optimizer.step()
         scheduler.step()
-        losses.append(float(loss.detach()))
+        losses.append(loss.detach())  # kept on the device: no host sync per step
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    return losses
+    return torch.stack(losses).float().cpu().tolist()
 
 
 @torch.no_grad()
