@@ -123,8 +123,16 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _autocast(device: torch.device, amp: bool) -> torch.autocast:
+def autocast(device: torch.device, amp: bool = True, *, scaled: bool = False) -> torch.autocast:
+    """The mixed-precision context for ``device`` (see :func:`amp_dtype`); plain float32 when ``amp`` is off.
+
+    ``scaled``: the caller scales the loss (a ``GradScaler``), so float16 may be used on GPUs without
+    bfloat16; a training loop without loss scaling keeps float32 there, since float16 gradients underflow.
+    Inference needs no scaling: pass ``scaled=True``.
+    """
     dtype = amp_dtype(device) if amp else None
+    if dtype == torch.float16 and not scaled:
+        dtype = None
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
@@ -197,7 +205,7 @@ def evaluate(
     invalid = torch.zeros((), dtype=torch.int64, device=device)
     for batch in loader:
         args, y = _to(split_batch(batch, inputs, target), device, channels_last)
-        with _autocast(device, amp):
+        with autocast(device, amp, scaled=True):
             outputs = model(*args)
             loss = loss_fn(outputs, y)
         size = _batch_size(y)
@@ -330,7 +338,7 @@ def fit(
         totals = torch.zeros(2, device=device)  # loss sum, sample count
         for batch in train_loader:
             args, y = _to(split_batch(batch, inputs, target), device, channels_last)
-            with _autocast(device, amp):
+            with autocast(device, amp, scaled=True):
                 loss = loss_fn(network(*args), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from course_utils import train
 from course_utils.metrics import confusion_matrix
 from course_utils.train import evaluate, fit, load_or_train, loader_options, split_batch
 
@@ -206,3 +207,13 @@ def test_multitask_targets_weight_the_loss_by_samples_not_tasks() -> None:
 
     result = evaluate(model, batches, loss_fn, torch.device("cpu"))
     assert result["loss"] == pytest.approx(3.0)  # (1 * 0 + 3 * 4) / 4 samples; per task it would be (0 + 8) / 4 = 2
+
+
+def test_autocast_uses_float16_only_where_the_loss_is_scaled(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    assert not train.autocast(cpu)._enabled  # no mixed precision on a CPU
+    monkeypatch.setattr(train, "amp_dtype", lambda device: torch.float16)  # a GPU without bfloat16
+    assert not train.autocast(cpu)._enabled  # an unscaled training loop stays in float32
+    scaled = train.autocast(cpu, scaled=True)
+    assert scaled._enabled and scaled.fast_dtype == torch.float16
+    assert not train.autocast(cpu, amp=False, scaled=True)._enabled

@@ -39,7 +39,7 @@ from course_utils.files import atomic_path
 from course_utils.geo import read_raster
 from course_utils.models.unet import CLASS_NAMES, FIELD_UNET_RECIPE, UNet
 from course_utils.models.vit import PatchEmbedding, TransformerBlock, _init_weights
-from course_utils.train import load_or_train
+from course_utils.train import autocast, load_or_train
 
 #: SimCLR pretraining of the field U-Net's encoder in each mode. ``width`` is the field U-Net's
 #: (:data:`course_utils.models.unet.FIELD_UNET_RECIPE`), so the pretrained encoder drops into it.
@@ -386,7 +386,7 @@ def pretrain_simclr(
     bar = tqdm(range(steps), desc="SimCLR steps", disable=not progress)
     for step in bar:
         view1, view2 = (v.to(device, non_blocking=True) for v in sampler.pairs(batch_size))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device):
             z1, z2 = model(view1), model(view2)
         loss = nt_xent(z1, z2, temperature)
         optimizer.zero_grad(set_to_none=True)

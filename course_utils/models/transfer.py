@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from course_utils.train import split_batch
+from course_utils.train import autocast, split_batch
 
 PARTS = ("encoder", "decoder", "head")
 
@@ -146,7 +146,7 @@ def fine_tune(
     for batch in loader:
         (x,), y = split_batch(batch, inputs, target)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device):
             loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -37,7 +37,7 @@ from course_utils.files import atomic_path
 from course_utils.geo import check_chip_size, read_raster
 from course_utils.losses import class_weights, make_loss
 from course_utils.metrics import confusion_matrix, f1_per_class, iou_per_class
-from course_utils.train import History, fit, load_or_train
+from course_utils.train import History, autocast, fit, load_or_train
 from course_utils.transforms import RandomCrop, RandomFlipRotate
 
 CLASS_NAMES = ("non-field", "interior", "edge")
@@ -193,7 +193,7 @@ def predict_masks(
     model.to(device).eval()
     predicted, truth = [], []
     for batch in torch.utils.data.DataLoader(dataset, batch_size):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device, scaled=True):
             logits = model(batch["image"].to(device))
         predicted.append(logits.argmax(1).cpu().numpy().astype(np.uint8))
         truth.append(batch["mask"].numpy().astype(np.uint8))
