@@ -104,7 +104,7 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
 
 
 def synchronise_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
-    """The model with every ``BatchNorm2d`` pooling its statistics over the processes (weights kept).
+    """The model with every ``BatchNorm2d`` pooling its statistics over the processes (weights, dtype kept).
 
     ``nn.SyncBatchNorm`` on CUDA, :class:`GlooSyncBatchNorm` on the CPU.
     """
@@ -112,7 +112,8 @@ def synchronise_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
-            synced = GlooSyncBatchNorm(child.num_features, child.eps, child.momentum)
+            synced = GlooSyncBatchNorm(child.num_features, child.eps, child.momentum,
+                                       device=child.weight.device, dtype=child.weight.dtype)  # fmt: skip
             synced.load_state_dict(child.state_dict())
             setattr(model, name, synced)
         else:
