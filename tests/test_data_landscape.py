@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import rasterio
 import torch
+from rasterio.transform import from_origin
 
 from course_utils.data import landscape as ls
 from course_utils.data.store import read_catalog
-from course_utils.geo import read_raster
+from course_utils.geo import read_raster, write_raster
 
 MODALITY_FILES = {"s2": "uint16", "s1": "float32", "dem": "float32", "landcover": "uint8", "cloud": "uint8"}
 
@@ -197,6 +198,57 @@ def test_dataset_stats_override(folder: Path) -> None:
     assert dataset[0]["scalars"][-2].item() == pytest.approx(dataset.catalog["air_temperature"][0])
     with pytest.raises(ValueError, match="stats lacks"):
         ls.LandscapeDataset("test", mode="smoke", stats={"s2": identity["s2"]})
+
+
+def write_patch_folder(folder: Path, s2_bands: int = 10, size: int = 16) -> Path:
+    """Four co-registered patches in the course layout, as real ones may come: 10 S2 bands, no DEM, another place."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for k, split in enumerate(("train", "train", "train", "val")):
+        name = f"real_{k}"
+        profile = {"crs": "EPSG:32632", "transform": from_origin(400_000 + 1000 * k, 5_200_000, 10, 10), "nodata": None}
+        codes = rng.choice([ls.TREE, ls.GRASS, ls.WATER], size=(size, size), p=[0.5, 0.3, 0.2]).astype(np.uint8)
+        arrays = {
+            "s2": rng.integers(0, 10_000, (s2_bands, size, size)).astype(np.uint16),
+            "s1": rng.normal(-12, 4, (2, size, size)).astype(np.float32),
+            "landcover": codes,
+            "cloud": (rng.random((size, size)) < 0.1).astype(np.uint8),
+        }
+        paths = {key: f"{key}/{name}.tif" for key in arrays}
+        for key, array in arrays.items():
+            write_raster(folder / paths[key], array, profile)
+        fractions = np.bincount(ls.codes_to_indices(codes).ravel(), minlength=ls.NUM_CLASSES) / codes.size
+        rows.append(
+            {"id": name, "region": "Alps", "split": split, **paths, "season": "summer", "air_temperature": 10.0 + k,
+             "precipitation": 2.0 * k, "label": int(fractions.argmax()),
+             **{f"frac_{n}": f for n, f in zip(ls.CLASS_NAMES, fractions, strict=True)}}
+        )  # fmt: skip
+    pd.DataFrame(rows).to_csv(folder / "catalog.csv", index=False)
+    return folder
+
+
+def test_dataset_reads_a_folder_of_real_patches(tmp_path: Path) -> None:
+    folder = write_patch_folder(tmp_path / "real")
+    modalities = ("s2", "s1")
+    train = ls.LandscapeDataset("train", modalities=modalities, folder=folder)
+    assert train.folder == folder and len(train) == 3 and set(train.stats) == {"s2", "s1", "weather"}
+    stacked = torch.stack([train[i]["s2"] for i in range(len(train))])
+    assert stacked.shape == (3, 10, 16, 16)
+    torch.testing.assert_close(stacked.mean(dim=(0, 2, 3)), torch.zeros(10), atol=1e-4, rtol=0)
+    sample = ls.LandscapeDataset("val", modalities=modalities, folder=folder)[0]
+    row = read_catalog(folder, split="val").iloc[0]
+    mean, std = train.stats["s2"]
+    raw, _ = read_raster(folder / row["s2"])
+    expected = (raw / ls.REFLECTANCE_SCALE - mean[:, None, None]) / std[:, None, None]
+    np.testing.assert_allclose(sample["s2"].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert sample["id"] == "real_3" and sample["s1"].shape == (2, 16, 16) and "dem" not in sample
+    codes, _ = read_raster(folder / row["landcover"])
+    np.testing.assert_array_equal(sample["landcover"].numpy(), ls.codes_to_indices(codes[0]))
+    assert sample["label"] == sample["fractions"].argmax() == ls.CLASS_CODES.index(ls.TREE)
+    assert sample["scalars"][: len(ls.CLIMATES)].sum() == 0  # a place outside the generator's climates
+    assert sample["scalars"][len(ls.CLIMATES) + ls.SEASONS.index("summer")] == 1
+    with pytest.raises(ValueError, match="has no column dem.*leave out the modalities it lacks"):
+        ls.LandscapeDataset("val", folder=folder)  # the default modalities include the DEM
 
 
 def test_sample_pixels_are_clear_spectra(folder: Path) -> None:

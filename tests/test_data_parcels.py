@@ -22,6 +22,13 @@ from course_utils.data.parcels import (
     generate,
 )
 from course_utils.data.store import dataset_dir
+from course_utils.models.sits import LTAE, TempCNN
+
+REAL_BANDS = {
+    "ndvi": ("NDVI",),
+    "formosat2": ("B1", "B2", "B3"),
+    "s2_l2a": ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +61,82 @@ def green_up_day(observations: pd.DataFrame, crop: str, region: str) -> float:
     halfway = (values.min() + values.max()) / 2
     after = int(np.argmax(values > halfway))
     return float(np.interp(halfway, values[after - 1 : after + 1], days[after - 1 : after + 1]))
+
+
+def write_series_folder(folder: Path, bands: tuple[str, ...], n_parcels: int = 12) -> Path:
+    """A small folder in the course's parcel layout with ``bands``; parcel R000 (train) is cloudy on every date."""
+    rng = np.random.default_rng(len(bands))
+    observations, catalog = [], []
+    for k in range(n_parcels):
+        parcel_id, label, n_obs = f"R{k:03d}", k % 3, 3 + k % 5
+        doy = np.sort(rng.choice(np.arange(1, 366), n_obs, replace=False))
+        table = pd.DataFrame(
+            {
+                "parcel_id": parcel_id,
+                "date": (np.datetime64(f"{parcels.YEAR}-01-01") + doy - 1).astype("datetime64[s]"),
+                "doy": doy.astype(np.int16),
+                "cloud": np.full(n_obs, k == 0),
+            }
+        )
+        values = rng.integers(500, 4000, (n_obs, len(bands))) + 1000 * label
+        observations.append(pd.concat([table, pd.DataFrame(values.astype(np.uint16), columns=list(bands))], axis=1))
+        split = ("train", "train", "val", "test")[k % 4]
+        catalog.append(
+            {"id": parcel_id, "region": "R", "split": split, "crop": CROP_CLASSES[label], "label": label,
+             "n_obs": n_obs, "n_cloudy": n_obs * (k == 0), "observations": "observations_R.parquet"}
+        )  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.concat(observations, ignore_index=True).to_parquet(folder / "observations_R.parquet", index=False)
+    pd.DataFrame(catalog).to_csv(folder / "catalog.csv", index=False)
+    return folder
+
+
+@pytest.mark.parametrize("kind", list(REAL_BANDS))
+def test_series_of_any_band_count_are_read_from_a_folder(kind: str, tmp_path: Path) -> None:
+    bands = REAL_BANDS[kind]
+    folder = write_series_folder(tmp_path / kind, bands)
+    train = ParcelSeriesDataset("train", folder=folder, seq_len=None)
+    assert train.bands == bands and all(s.shape == (len(bands),) for s in train.stats)
+    stored = pd.read_parquet(folder / "observations_R.parquet").set_index("parcel_id")
+    sample = train[1]
+    expected = (stored.loc[[sample["id"]], list(bands)].to_numpy(np.float32) / 10_000 - train.stats[0]) / train.stats[1]
+    np.testing.assert_allclose(sample["x"].numpy(), expected, rtol=1e-5, atol=1e-6)
+    val = ParcelSeriesDataset("val", folder=folder, seq_len=8, stats=train.stats)
+    assert val[0]["x"].shape == (8, len(bands))
+    batch = collate_padded([val[i] for i in range(len(val))])
+    for model in (TempCNN(len(train.bands), 3, hidden=8, dense=8), LTAE(len(train.bands), 3, dim=16, heads=4)):
+        assert torch.isfinite(model.eval()(batch["x"], batch["doy"], batch["mask"])).all()
+    clear = ParcelSeriesDataset("train", folder=folder, seq_len=None, drop_cloudy=True, stats=train.stats)
+    assert len(clear[0]["x"]) == 0  # parcel R000 has no clear date
+    features, labels = flatten_for_baseline(clear)
+    assert features.shape == (len(clear), 37 * len(bands)) and (features[0] == 0).all()
+    assert labels.tolist() == clear.catalog["label"].tolist()
+
+
+def test_bands_argument_chooses_and_orders_the_bands(tmp_path: Path) -> None:
+    folder = write_series_folder(tmp_path, REAL_BANDS["s2_l2a"])
+    every = ParcelSeriesDataset("test", folder=folder, seq_len=None)
+    nir_red = ParcelSeriesDataset("test", folder=folder, seq_len=None, bands=("B8", "B4"))
+    assert nir_red.bands == ("B8", "B4") and nir_red[0]["x"].shape[1] == 2
+    for chosen, full in zip(nir_red.stats, every.stats, strict=True):
+        np.testing.assert_array_equal(chosen, full[[every.bands.index("B8"), every.bands.index("B4")]])
+    mean, std = nir_red.stats
+    stored = pd.read_parquet(folder / "observations_R.parquet").set_index("parcel_id").loc[[nir_red[0]["id"]]]
+    np.testing.assert_allclose(nir_red[0]["x"].numpy() * std + mean, stored[["B8", "B4"]] / 10_000, rtol=1e-5)
+    with pytest.raises(ValueError, match="no band B1; their bands are B2, B3, .*bands="):
+        ParcelSeriesDataset("test", folder=folder, bands=("B1", "B4"))
+    with pytest.raises(ValueError, match=r"10 values each, one per band \(B2, B3"):
+        ParcelSeriesDataset("test", folder=folder, stats=(np.zeros(13), np.ones(13)))
+
+
+def test_flatten_for_baseline_keeps_the_band_count_of_an_empty_series() -> None:
+    """A series with no valid date becomes zeros of the samples' band count (not 13): here 3 bands."""
+    doy = torch.tensor([10, 100, 200])
+    full = {"x": torch.ones(3, 3), "doy": doy, "mask": torch.ones(3, dtype=torch.bool), "label": torch.tensor(1)}
+    empty = {**full, "mask": torch.zeros(3, dtype=torch.bool), "label": torch.tensor(0)}
+    features, labels = flatten_for_baseline([full, empty], step_days=10)
+    assert features.shape == (2, 37 * 3) and (features[0] == 1).all() and (features[1] == 0).all()
+    assert labels.tolist() == [1, 0]
 
 
 def test_same_seed_same_files_different_seed_different_data(tmp_path: Path) -> None:
@@ -144,7 +227,7 @@ def test_dataset_sample_format_and_padding(course_data_dir: Path, folder: Path) 
     for index in range(len(dataset)):
         sample = dataset[index]
         n_obs = catalog.loc[sample["id"], "n_obs"]
-        assert sample["x"].shape == (45, 13) and sample["x"].dtype == torch.float32
+        assert sample["x"].shape == (45, 13) and sample["x"].dtype == torch.float32 and dataset.bands == S2_BANDS_13
         assert sample["doy"].dtype == torch.int64 and sample["mask"].dtype == torch.bool
         assert sample["label"].dtype == torch.int64 and int(sample["label"]) == catalog.loc[sample["id"], "label"]
         n_real = min(n_obs, 45)

@@ -68,6 +68,43 @@ def test_padding_does_not_change_the_output(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(_models()))
+def test_nan_and_inf_in_padding_never_reach_the_logits(name: str) -> None:
+    """Real series mark no-data with NaN: padded NaN, +inf, -inf and absurd days give the logits of zeros."""
+    model = _models()[name].eval()
+    x, doy, mask = _batch()
+    zeros = model(x.masked_fill(~mask[..., None], 0), doy.masked_fill(~mask, 0), mask)
+    no_data = torch.tensor([float("nan"), float("inf"), float("-inf")])[torch.arange(x.numel()) % 3].view_as(x)
+    garbage_days = torch.where(torch.arange(T) % 2 == 0, 10**9, -(10**9)).expand_as(doy)
+    out = model(torch.where(mask[..., None], x, no_data), torch.where(mask, doy, garbage_days), mask)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, zeros)
+
+
+def test_tempcnn_grid_ignores_nan_padding() -> None:
+    model = TempCNN(BANDS, CLASSES, hidden=8, dense=16)
+    x, doy, mask = _batch()
+    grid = model.to_grid(torch.where(mask[..., None], x, float("nan")), doy, mask)
+    torch.testing.assert_close(grid, model.to_grid(x, doy, mask))
+
+
+def test_days_beyond_a_year_are_refused_or_covered_by_a_longer_grid() -> None:
+    x, doy, mask = _batch(batch=1, lengths=(3,))
+    two_years = torch.tensor([[30, 200, 400] + [0] * (T - 3)])
+    with pytest.raises(ValueError, match=r"outside .* 1\.\.366.*max_day=400.*per year"):
+        TempCNN(BANDS, CLASSES)(x, two_years, mask)  # was silently moved into the last slot of the year
+    with pytest.raises(ValueError, match="count days from 1"):
+        TempCNN(BANDS, CLASSES)(x, two_years - 30, mask)
+    model = TempCNN(BANDS, CLASSES, hidden=8, dense=16, max_day=731).eval()
+    assert model.slots == 147
+    grid = model.to_grid(x, two_years, mask)[0]
+    assert grid[-1].nonzero().flatten().tolist() == [5, 39, 79]  # day 400 has its own slot in the second year
+    assert model(x, two_years, mask).shape == (1, CLASSES)
+    # The day-of-year encoding tells day 35 of the second year (400) from day 35 of the first.
+    encode = DayOfYearEncoding(32)
+    assert (encode(torch.tensor([[400]])) - encode(torch.tensor([[35]]))).norm() > 1.0
+
+
+@pytest.mark.parametrize("name", list(_models()))
 def test_models_accept_any_length(name: str) -> None:
     model = _models()[name].eval()
     x, doy, mask = _batch()
@@ -79,7 +116,7 @@ def test_models_accept_any_length(name: str) -> None:
 def test_gaps_in_the_middle_are_compacted() -> None:
     x, doy, mask = _batch(batch=1, lengths=(5,))
     holes = torch.tensor([[True, False, True, True, False, True, True] + [False] * (T - 7)])
-    cx, cdoy, cmask = compact(x, doy, holes)
+    cx, cdoy, cmask = compact(torch.where(holes[..., None], x, float("nan")), doy, holes)
     assert cmask[0].tolist() == [True] * 5 + [False] * (T - 5)
     torch.testing.assert_close(cx[0, :5], x[0, holes[0]])
     assert cdoy[0, :5].tolist() == doy[0, holes[0]].tolist()

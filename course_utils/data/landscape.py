@@ -73,7 +73,7 @@ NUM_CLASSES = len(CLASS_CODES)
 #: The WorldCover map legend's colours, in class-index order (for plot.show_mask).
 CLASS_COLOURS = (
     "#006400", "#ffbb22", "#ffff4c", "#f096ff", "#fa0000", "#b4b4b4", "#f0f0f0", "#0064c8", "#0096a0", "#fae6a0"
-)
+)  # fmt: skip
 SEASONS = ("winter", "spring", "summer", "autumn")
 CLOUD_CLEAR, CLOUD, CLOUD_SHADOW = 0, 1, 2  # values of the cloud mask
 
@@ -669,14 +669,22 @@ def training_statistics(folder: Path, max_patches: int = 256) -> dict[str, tuple
     """Per-band mean and std of each modality (S2 reflectance, S1 dB, DEM m) and of the weather scalars.
 
     Computed on the training split only (up to ``max_patches`` patches, evenly spaced); apply them to every split.
-    The result is cached per folder for the session.
+    Modalities without a column in the catalog are left out. The result is cached per folder for the session.
     """
     train = read_catalog(folder, split="train")
     subset = train.iloc[np.linspace(0, len(train) - 1, min(len(train), max_patches)).astype(int)]
-    stats = {m: band_statistics(read_modality(folder, p, m) for p in subset[m]) for m in MODALITIES}
+    present = [m for m in MODALITIES if m in train.columns]
+    stats = {m: band_statistics(read_modality(folder, p, m) for p in subset[m]) for m in present}
     weather = train[["air_temperature", "precipitation"]].to_numpy(np.float32).T[:, :, None]
     stats["weather"] = band_statistics([weather])
     return stats
+
+
+CATALOG_COLUMNS = (
+    "id", "split", "landcover", "cloud", "region", "season", "air_temperature", "precipitation", "label",
+    *(f"frac_{name}" for name in CLASS_NAMES),
+)  # fmt: skip
+"""The catalog columns :class:`LandscapeDataset` reads besides the paths of its modalities (``s2``, ``s1``, ``dem``)."""
 
 
 def patch_scalars(row: pd.Series, weather_stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -703,6 +711,16 @@ class LandscapeDataset(Dataset):
         modalities: which of ``s2``, ``s1``, ``dem`` to load.
         transform: called on the sample dict, returns a dict (augmentations).
         stats: ``{modality: (mean, std)}`` plus ``"weather"`` to use instead of the training split's.
+        folder: a folder in the same layout to read instead of the generated data, e.g. real co-registered
+            patches: :data:`~course_utils.data.store.CATALOG` with a column per modality and those of
+            :data:`CATALOG_COLUMNS` (paths relative to the folder), and one GeoTIFF per patch and modality, all on
+            one grid (S2 as reflectance x 10 000, with as many bands as its files hold; land cover in WorldCover
+            codes). A ``region`` outside :data:`CLIMATES` or a ``season`` outside :data:`SEASONS` gets an
+            all-zero one-hot in ``scalars``.
+
+    Raises:
+        ValueError: for an unknown split or modality, a catalog without a column the samples need, or ``stats``
+            without an entry for each modality and the weather.
     """
 
     def __init__(
@@ -713,14 +731,22 @@ class LandscapeDataset(Dataset):
         modalities: tuple[str, ...] = ("s2", "s1", "dem"),
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         stats: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        folder: Path | None = None,
     ) -> None:
         _check_choice("split", split, SPLITS)
         if not modalities:
             raise ValueError(f"modalities is empty; pass some of {', '.join(MODALITIES)}.")
         for modality in modalities:
             _check_choice("modality", modality, MODALITIES)
-        self.folder = ensure_landscape(mode, seed)
+        self.folder = Path(folder) if folder is not None else ensure_landscape(mode, seed)
         self.catalog = read_catalog(self.folder, split=split)
+        needed = (*modalities, *CATALOG_COLUMNS)
+        missing = [column for column in needed if column not in self.catalog.columns]
+        if missing:
+            raise ValueError(
+                f"{self.folder / CATALOG} has no column {', '.join(missing)}; a patch's row needs {', '.join(needed)} "
+                "(or leave out the modalities it lacks)."
+            )
         self.modalities = tuple(modalities)
         self.transform = transform
         self.stats = stats if stats is not None else training_statistics(self.folder)

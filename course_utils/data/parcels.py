@@ -25,11 +25,14 @@ crop mix different, so a model trained on A meets a domain shift on B.
 Files (in the dataset folder): ``observations_<region>.parquet`` (long format: ``parcel_id, date, doy,
 cloud, B1..B12``; reflectances stored as ``uint16`` = reflectance x 10 000, as in Sentinel-2 products),
 ``parcels.gpkg`` (EPSG:4326 polygons with ``parcel_id, crop, label, region, split, area_m2``) and
-``catalog.csv`` (one row per parcel).
+``catalog.csv`` (one row per parcel). :class:`ParcelSeriesDataset` reads any folder in this layout, whatever its
+bands: every column of the observations but ``parcel_id, date, doy, cloud`` is a band (e.g. 1 for an NDVI series,
+3 or 4 for Formosat-2, 10 for Sentinel-2 L2A).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,9 @@ REFLECTANCE_SCALE = 10_000
 """Stored digital numbers are reflectance x 10 000 (``uint16``), like Sentinel-2 L1C/L2A products."""
 
 S2_BANDS_13 = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12")
+"""The bands the generator writes (Sentinel-2 L1C, in wavelength order)."""
+NON_BAND_COLUMNS = ("parcel_id", "date", "doy", "cloud")
+"""The columns of an observation table that are not bands."""
 WAVELENGTHS_NM = np.array([443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1375, 1610, 2190], dtype=float)
 
 # Surface reflectance endmembers, one value per band of S2_BANDS_13.
@@ -398,12 +404,36 @@ def read_observations(folder: Path, catalog: pd.DataFrame, drop_cloudy: bool = F
     return table.sort_values(["parcel_id", "doy"], ignore_index=True)
 
 
+def observation_bands(table: pd.DataFrame, bands: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The band columns of an observation table: ``bands``, or else every column but :data:`NON_BAND_COLUMNS`.
+
+    Raises:
+        ValueError: when one of ``bands`` is not a band column of the table, or there is no band to read.
+    """
+    available = tuple(str(column) for column in table.columns if column not in NON_BAND_COLUMNS)
+    chosen = available if bands is None else tuple(bands)
+    missing = [band for band in chosen if band not in available]
+    if missing:
+        raise ValueError(
+            f"the observations have no band {', '.join(missing)}; their bands are {', '.join(available) or 'none'}: "
+            "pass bands= naming some of those."
+        )
+    if not chosen:
+        raise ValueError(
+            f"no band to read: the observations have the columns {', '.join(map(str, table.columns))}; the layout is "
+            f"{', '.join(NON_BAND_COLUMNS)} and one column per band (bands= names those to read)."
+        )
+    return chosen
+
+
 class ParcelSeriesDataset(Dataset):
-    """Sentinel-2 time series of crop parcels, one sample per parcel.
+    """Satellite time series of crop parcels (Sentinel-2 for the generated data), one sample per parcel.
 
     A sample is a dict:
 
-    * ``"x"``: float32 ``[T, 13]``, reflectances normalised per band with the training split's mean/std;
+    * ``"x"``: float32 ``[T, C]``, one column per band of ``bands``: the stored values divided by
+      :data:`REFLECTANCE_SCALE` (reflectance for the course's files), normalised per band with the training
+      split's mean/std;
     * ``"doy"``: int64 ``[T]``, day of year of each observation (0 for padding);
     * ``"mask"``: bool ``[T]``, True for a real observation, False for padding (always at the end);
     * ``"label"``: int64 class index into ``CROP_CLASSES``; ``"id"``: the parcel id.
@@ -426,9 +456,16 @@ class ParcelSeriesDataset(Dataset):
             region(s). Pass the training dataset's ``stats`` to normalise another region the same way.
         folder: a folder in the same layout (``catalog.csv``, ``observations_*.parquet``) to read instead of the
             generated data, e.g. BreizhCrops converted by :mod:`course_utils.data.breizhcrops`.
+        bands: the band columns to read, in this order; default: every column of the observations but
+            ``parcel_id, date, doy, cloud`` (the 13 of :data:`S2_BANDS_13` for the generated data).
+
+    Attributes:
+        bands: the bands of ``x``, in order; a model takes ``len(dataset.bands)`` input channels.
+        stats: ``(mean, std)``, one value per band.
 
     Raises:
-        ValueError: for an unknown split or region, or ``stats`` of the wrong shape.
+        ValueError: for an unknown split or region, a band that is not in the observations, or ``stats`` of
+            the wrong shape.
     """
 
     def __init__(
@@ -442,6 +479,7 @@ class ParcelSeriesDataset(Dataset):
         transform: Any = None,
         stats: tuple[np.ndarray, np.ndarray] | None = None,
         folder: Path | None = None,
+        bands: Sequence[str] | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split={split!r} is not one of {', '.join(SPLITS)}.")
@@ -451,15 +489,18 @@ class ParcelSeriesDataset(Dataset):
         self.catalog = read_catalog(self.folder, split=split, region=region)
         self.seed, self.seq_len, self.transform = seed, seq_len, transform
         table = read_observations(self.folder, self.catalog, drop_cloudy)
-        reflectance = table[list(S2_BANDS_13)].to_numpy(np.float32) / REFLECTANCE_SCALE
+        self.bands = observation_bands(table, bands)
+        reflectance = table[list(self.bands)].to_numpy(np.float32) / REFLECTANCE_SCALE
         if stats is None:
             train = table
             if split != "train":
                 train = read_observations(self.folder, read_catalog(self.folder, "train", region), drop_cloudy)
-            stats = band_statistics([train[list(S2_BANDS_13)].to_numpy(np.float32).T / REFLECTANCE_SCALE])
+            stats = band_statistics([train[list(self.bands)].to_numpy(np.float32).T / REFLECTANCE_SCALE])
         mean, std = (np.asarray(s, dtype=np.float32) for s in stats)
-        if mean.shape != (len(S2_BANDS_13),) or std.shape != (len(S2_BANDS_13),):
-            raise ValueError(f"stats must be (mean, std) with {len(S2_BANDS_13)} values each, one per band.")
+        if mean.shape != (len(self.bands),) or std.shape != (len(self.bands),):
+            raise ValueError(
+                f"stats must be (mean, std) with {len(self.bands)} values each, one per band ({', '.join(self.bands)})."
+            )
         self.stats = (mean, std)
         self._x = torch.from_numpy((reflectance - mean) / std)
         self._doy = torch.from_numpy(table["doy"].to_numpy(np.int64))
@@ -502,7 +543,7 @@ def collate_padded(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """Batch samples of different lengths: pad each to the longest, stack, keep the ids as a list.
 
     Returns:
-        ``{"x": [B, T, 13], "doy": [B, T], "mask": [B, T], "label": [B], "id": list of B str}``.
+        ``{"x": [B, T, C], "doy": [B, T], "mask": [B, T], "label": [B], "id": list of B str}``.
     """
     length = max(len(sample["x"]) for sample in batch)
     padded = [_pad_sample(sample, length) for sample in batch]
@@ -522,8 +563,8 @@ def flatten_for_baseline(dataset: Dataset, step_days: int = 10) -> tuple[np.ndar
         step_days: spacing of the grid (day 1, 1 + step, ... up to 365).
 
     Returns:
-        ``(X, y)``: float32 ``[N, n_days * 13]`` (day-major) and int64 ``[N]``. A series without any
-        observation becomes zeros (the training mean).
+        ``(X, y)``: float32 ``[N, n_days * C]`` (day-major, ``C`` bands as in the samples' ``x``) and int64
+        ``[N]``. A series without any observation becomes zeros (the training mean).
     """
     grid = np.arange(1, 366, step_days)
     rows, labels = [], []
@@ -532,7 +573,7 @@ def flatten_for_baseline(dataset: Dataset, step_days: int = 10) -> tuple[np.ndar
         valid = sample["mask"].numpy()
         doy, x = sample["doy"].numpy()[valid], sample["x"].numpy()[valid]
         if len(doy) == 0:
-            rows.append(np.zeros(len(grid) * len(S2_BANDS_13), dtype=np.float32))
+            rows.append(np.zeros(len(grid) * x.shape[1], dtype=np.float32))
         else:
             rows.append(np.stack([np.interp(grid, doy, band) for band in x.T], axis=1).ravel())
         labels.append(int(sample["label"]))

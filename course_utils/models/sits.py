@@ -3,11 +3,13 @@
 Every model here is called the same way, as ``model(x, doy, mask)``:
 
 * ``x``: float ``[B, T, C]``, one spectrum of ``C`` bands per observation;
-* ``doy``: int ``[B, T]``, the day of year of each observation (any value where ``mask`` is False);
+* ``doy``: int ``[B, T]``, the day of each observation, counted from 1 (1..366 within a year, more for a
+  series over several years; any value where ``mask`` is False);
 * ``mask``: bool ``[B, T]``, True for a real observation, False for padding;
 
 and returns class scores (logits) ``[B, num_classes]``. Padded steps never change the output: whatever
-``x`` and ``doy`` hold where ``mask`` is False, the logits are the same (the tests check it).
+``x`` and ``doy`` hold where ``mask`` is False, NaN and infinities included (how real series mark no-data),
+the logits are the same: padding is replaced by zeros before any arithmetic (the tests check it).
 
 The four families, from the oldest idea to the lightest attention:
 
@@ -48,6 +50,11 @@ def _check_inputs(x: torch.Tensor, doy: torch.Tensor, mask: torch.Tensor, channe
         raise ValueError("a series in the batch has no observation (mask all False); drop it or keep one date")
 
 
+def _zero_padding(x: torch.Tensor, doy: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` and ``doy`` with zeros where ``mask`` is False, so that no padded value (NaN * 0 is NaN) is computed on."""
+    return x.masked_fill(~mask[..., None], 0), doy.masked_fill(~mask, 0)
+
+
 def compact(x: torch.Tensor, doy: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Move the real observations of each series to the front (in order) and zero everything else.
 
@@ -56,8 +63,7 @@ def compact(x: torch.Tensor, doy: torch.Tensor, mask: torch.Tensor) -> tuple[tor
     """
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
     mask = torch.gather(mask, 1, order)
-    doy = torch.gather(doy, 1, order) * mask
-    x = torch.gather(x, 1, order[..., None].expand_as(x)) * mask[..., None]
+    x, doy = _zero_padding(torch.gather(x, 1, order[..., None].expand_as(x)), torch.gather(doy, 1, order), mask)
     return x, doy, mask
 
 
@@ -65,7 +71,8 @@ class DayOfYearEncoding(nn.Module):
     """Sinusoidal encoding of the day of year: what a position encoding is for irregular dates.
 
     ``PE(d)[2i] = sin(d / tau^(2i/D))`` and ``PE(d)[2i+1] = cos(d / tau^(2i/D))`` for ``i < D/2``. Nearby days
-    get similar vectors; ``tau`` sets the longest period (``2 pi tau`` days).
+    get similar vectors; ``tau`` sets the longest period (``2 pi tau`` days, about 17 years for the default), so
+    any day number works, and the days of a series over several years (beyond 366) get codes of their own.
     """
 
     def __init__(self, dim: int, tau: float = 1000.0) -> None:
@@ -87,10 +94,13 @@ class TempCNN(nn.Module):
     A convolution assumes evenly spaced steps, and Sentinel-2 dates are only *nearly* even: each orbit
     revisits every 5 days, but clouds and gaps remove dates, and parcels differ in which ones they have.
     So the observations are first placed on the regular grid of the revisit (``grid_days``): slot
-    ``(doy - 1) // grid_days`` of ``ceil(366 / grid_days)`` slots gets the spectrum, plus a channel that says
-    "observed here"; empty slots and padding stay zero (observations sharing a slot are averaged).
+    ``(doy - 1) // grid_days`` of ``ceil(max_day / grid_days)`` slots gets the spectrum, plus a channel that
+    says "observed here"; empty slots and padding stay zero (observations sharing a slot are averaged).
     Convolutions keep the length (``same`` padding) and there is no pooling between them, so every slot
     keeps its own features until the dense layer, which weighs each date of the season separately.
+
+    The grid covers days ``1..max_day``: one year by default; raise ``max_day`` for a series over several
+    years (e.g. 731 for two). A day outside the grid is refused, never moved into another slot.
     """
 
     def __init__(
@@ -103,10 +113,11 @@ class TempCNN(nn.Module):
         dense: int = 128,
         dropout: float = 0.2,
         grid_days: int = 5,
+        max_day: int = 366,
     ) -> None:
         super().__init__()
-        self.in_channels, self.grid_days = in_channels, grid_days
-        self.slots = math.ceil(366 / grid_days)
+        self.in_channels, self.grid_days, self.max_day = in_channels, grid_days, max_day
+        self.slots = math.ceil(max_day / grid_days)
         self.convs = nn.ModuleList()
         channels = in_channels + 1
         for _ in range(layers):
@@ -129,13 +140,24 @@ class TempCNN(nn.Module):
         )
 
     def to_grid(self, x: torch.Tensor, doy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``[B, C + 1, slots]``: the mean spectrum per slot of the regular grid and an "observed" channel."""
-        batch = len(x)
-        slot = ((doy.clamp(1, 366) - 1) // self.grid_days).clamp(max=self.slots - 1)
-        slot = torch.where(mask, slot, torch.zeros_like(slot))  # padding goes to slot 0 with weight 0
-        weight = mask.to(x.dtype)
-        values = torch.cat([x * weight[..., None], weight[..., None]], dim=-1)  # [B, T, C + 1]
-        grid = x.new_zeros(batch, self.slots, values.shape[-1])
+        """``[B, C + 1, slots]``: the mean spectrum per slot of the regular grid and an "observed" channel.
+
+        Raises:
+            ValueError: when an observation's day lies outside ``1..max_day``.
+        """
+        x, doy = _zero_padding(x, doy, mask)
+        outside = mask & ((doy < 1) | (doy > self.max_day))
+        if outside.any():
+            days = doy[outside]
+            raise ValueError(
+                f"days {int(days.min())}..{int(days.max())} are outside TempCNN's grid of days 1..{self.max_day}: "
+                f"count days from 1; for a series over several years build TempCNN(..., max_day="
+                f"{max(int(days.max()), self.max_day)}), or split it per year (or pass days modulo 365)."
+            )
+        slot = torch.where(mask, (doy - 1) // self.grid_days, 0)  # padding goes to slot 0 with weight 0
+        weight = mask.to(x.dtype)[..., None]
+        values = torch.cat([x, weight], dim=-1)  # [B, T, C + 1], zero where padded
+        grid = x.new_zeros(len(x), self.slots, values.shape[-1])
         grid.scatter_add_(1, slot[..., None].expand_as(values), values)
         count = grid[..., -1:].clamp(min=1)
         grid = torch.cat([grid[..., :-1] / count, (grid[..., -1:] > 0).to(x.dtype)], dim=-1)
@@ -227,6 +249,7 @@ class TransformerClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor, doy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         _check_inputs(x, doy, mask, self.in_channels)
+        x, doy = _zero_padding(x, doy, mask)
         tokens = self.embed(x) + self.doy_encoding(doy)
         tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1)
         valid = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)  # the class token is always there
@@ -277,6 +300,7 @@ class LTAE(nn.Module):
     def forward(self, x: torch.Tensor, doy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         _check_inputs(x, doy, mask, self.in_channels)
         batch, steps, _ = x.shape
+        x, doy = _zero_padding(x, doy, mask)
         embedded = self.norm_in(self.embed(x) + self.doy_encoding(doy))  # [B, T, dim]
         keys = self.to_keys(embedded).view(batch, steps, self.heads, self.key_dim)
         scores = torch.einsum("bthk,hk->bht", keys, self.master_query) / math.sqrt(self.key_dim)
