@@ -43,7 +43,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from course_utils.config import MODES, get_mode, seed_everything
 from course_utils.data.fields import BANDS, FieldChipDataset, ensure_fields
-from course_utils.files import atomic_path
+from course_utils.files import atomic_path, stop_cleanly_on_sigterm
 from course_utils.geo import read_raster
 from course_utils.losses import LOSS_NAMES, class_weights, make_loss
 from course_utils.models.unet import CLASS_NAMES, FIELD_UNET_RECIPE, UNet, field_unet_path
@@ -226,7 +226,8 @@ def train(args: argparse.Namespace) -> History:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
+    """Command-line entry point; SIGTERM stops it as Ctrl-C does (temporaries removed)."""
+    stop_cleanly_on_sigterm()
     train(parse_args(argv))
     return 0
 
