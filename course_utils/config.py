@@ -49,13 +49,25 @@ def repo_root() -> Path | None:
 
 
 def _course_dir(env_var: str, in_repo: str, name: str) -> Path:
+    """The folder ``env_var`` names, else ``<repo>/<in_repo>``, else ``~/.cache/dl4rs-course/<name>``.
+
+    Raises:
+        NotADirectoryError: when that path is an existing file, saying how to choose another folder.
+    """
     override = os.environ.get(env_var)
-    if override:
-        return Path(override).expanduser().resolve()
     root = repo_root()
-    if root is not None:
-        return root / in_repo
-    return Path.home() / ".cache" / "dl4rs-course" / name
+    if override:
+        folder = Path(override).expanduser().resolve()
+    elif root is not None:
+        folder = root / in_repo
+    else:
+        folder = Path.home() / ".cache" / "dl4rs-course" / name
+    if folder.exists() and not folder.is_dir():
+        origin = f"{env_var}={override}" if override else "the default location"
+        raise NotADirectoryError(
+            f"{folder} ({origin}) is a file, not a folder: set {env_var} to a folder (it is created if missing)."
+        )
+    return folder
 
 
 def data_dir() -> Path:

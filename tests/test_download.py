@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import http.server
 import io
+import os
 import socket
 import tarfile
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +22,10 @@ from course_utils.data import download as dl
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves ``server.files[name]``; honours ``Range: bytes=N-``; drops the connection after ``server.cut`` bytes."""
+    """Serves ``server.files[name]``; honours ``Range: bytes=N-``; drops the connection after ``server.cut`` bytes.
+
+    With ``server.delay`` set, the body goes out in 256 KiB pieces, ``delay`` seconds apart.
+    """
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
         data = self.server.files.get(self.path.lstrip("/"))
@@ -42,6 +49,12 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
             return
+        if self.server.delay:
+            for offset in range(0, len(body), 1 << 18):
+                self.wfile.write(body[offset : offset + (1 << 18)])
+                self.wfile.flush()
+                time.sleep(self.server.delay)
+            return
         self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
@@ -52,7 +65,7 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 def server() -> Iterator[http.server.ThreadingHTTPServer]:
     """A local file server (``server.files``: name -> bytes) on a free port."""
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
-    httpd.files, httpd.requests, httpd.cut, httpd.ranges = {}, [], None, True
+    httpd.files, httpd.requests, httpd.cut, httpd.ranges, httpd.delay = {}, [], None, True, 0.0
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd
@@ -95,6 +108,11 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
 
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+
+
+def listing(folder: Path) -> list[str]:
+    """The names in ``folder``, less the ``.locks`` folder that every download leaves."""
+    return sorted(p.name for p in folder.iterdir() if p.name != ".locks")
 
 
 def test_download_verifies_caches_and_shows_progress(registry, server, capsys) -> None:
@@ -141,7 +159,7 @@ def test_checksum_mismatch_deletes_the_file(registry, server) -> None:
     register(registry, server, "blob", PAYLOAD, "blob.bin", md5="0" * 32)
     with pytest.raises(ValueError, match="damaged and was deleted.*MD5"):
         dl.download("blob", progress=False)
-    assert list(dl.downloads_dir().iterdir()) == []
+    assert listing(dl.downloads_dir()) == []
 
 
 def test_offline_error_names_the_generated_alternative(registry, monkeypatch) -> None:
@@ -152,7 +170,58 @@ def test_offline_error_names_the_generated_alternative(registry, monkeypatch) ->
     registry["blob"] = dl.RemoteFile("blob.bin", "https://example.invalid/blob.bin", "0" * 32, None, "", "", "")
     with pytest.raises(ConnectionError, match='DATASET = "generated"'):
         dl.download("blob", progress=False)
-    assert list(dl.downloads_dir().iterdir()) == []
+    assert listing(dl.downloads_dir()) == []
+
+
+def test_two_downloads_of_one_file_share_it(registry, server) -> None:
+    data = PAYLOAD * 3
+    register(registry, server, "blob", data, "blob.bin")
+    registry["blob"] = dataclasses.replace(registry["blob"], md5=None, size=None)  # unchecked, like BreizhCrops
+    server.delay = 0.05
+    part = dl.downloads_dir() / "blob.bin.part"
+    results, errors = [], []
+
+    def fetch_blob() -> None:
+        try:
+            results.append(dl.download("blob", progress=False))
+        except Exception as error:  # reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=fetch_blob) for _ in range(2)]
+    threads[0].start()
+    deadline = time.monotonic() + 30
+    while not (part.is_file() and part.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the second starts while the first is half way
+    threads[1].start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == [] and results == [dl.downloads_dir() / "blob.bin"] * 2
+    assert results[0].read_bytes() == data
+    assert len(server.requests) == 1  # the second waited and reused the first one's file
+
+
+def test_full_disk_says_so_and_names_course_data_dir(registry, server, monkeypatch) -> None:
+    register(registry, server, "blob", PAYLOAD, "blob.bin")
+
+    class FullDisk:
+        """A file whose every write fails as on a full disk."""
+
+        def __init__(self, path: Path, mode: str) -> None:
+            self.handle = open(path, mode)  # closed by __exit__
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+        def write(self, block: bytes) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(dl, "open", FullDisk, raising=False)
+    with pytest.raises(OSError, match=r"no space left on device in the data cache .*COURSE_DATA_DIR") as caught:
+        dl.download("blob", progress=False)
+    assert not isinstance(caught.value, ConnectionError) and str(dl.downloads_dir().parent) in str(caught.value)
 
 
 def test_unknown_name_lists_the_registry(registry) -> None:
@@ -180,7 +249,7 @@ def test_path_traversal_is_refused_and_nothing_is_extracted(registry, server, tm
     with pytest.raises(ValueError, match="outside its folder"):
         dl.fetch("evil", progress=False)
     assert not (dl.downloads_dir().parent / "escaped.txt").exists()
-    assert sorted(p.name for p in dl.downloads_dir().iterdir()) == ["evil.zip"]
+    assert listing(dl.downloads_dir()) == ["evil.zip"]
 
 
 def test_truncated_archive_gives_a_clear_error_and_no_folder(registry, server) -> None:
@@ -188,7 +257,7 @@ def test_truncated_archive_gives_a_clear_error_and_no_folder(registry, server) -
     register(registry, server, "cut", archive[: len(archive) // 2], "cut.zip")  # published broken: MD5 matches
     with pytest.raises(ValueError, match="cut.zip is damaged.*download it again"):
         dl.fetch("cut", progress=False)
-    assert sorted(p.name for p in dl.downloads_dir().iterdir()) == ["cut.zip"]
+    assert listing(dl.downloads_dir()) == ["cut.zip"]
 
 
 def test_registry_entries_are_pinned_and_cited() -> None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,6 +17,26 @@ import pandas as pd
 import pytest
 
 from course_utils.data.store import band_statistics, dataset_dir, ensure_generated, read_catalog
+
+# Run in a fresh process (argv[1]: "worker" to fork a pool worker first, like the fields generator, "hold" to
+# stay generating for a while, "now" to generate at once); prints the pool worker's pid, or "ready".
+GENERATE = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+import pandas as pd
+from course_utils.data.store import ensure_generated
+
+def generate(folder, mode, seed):
+    if sys.argv[1] == "worker":
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+        print(pool.submit(os.getpid).result(), flush=True)
+    if sys.argv[1] != "now":
+        print("ready", flush=True)
+        time.sleep(300)
+    pd.DataFrame({"id": ["a"], "split": ["train"], "region": ["x"]}).to_csv(folder / "catalog.csv", index=False)
+
+ensure_generated("toy", "smoke", 7, generate)
+"""
 
 
 def write_catalog(folder: Path, mode: str, seed: int) -> None:
@@ -56,6 +82,78 @@ def test_interrupted_generation_leaves_nothing(course_data_dir: Path) -> None:
     with pytest.raises(RuntimeError, match="no catalog.csv"):
         ensure_generated("crashy", "smoke", 0, no_catalog)
     assert not dataset_dir("crashy", "smoke", 0).exists()
+
+
+def generator_process(how: str) -> subprocess.Popen:
+    """A process running :data:`GENERATE` in the current ``COURSE_DATA_DIR``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", GENERATE, how], stdout=subprocess.PIPE, text=True, env=env)
+
+
+def test_killed_generator_does_not_block_the_next_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
+    killed = generator_process("worker")
+    worker = None
+    try:
+        worker = int(killed.stdout.readline())  # the pool worker, forked while the lock is held
+        assert killed.stdout.readline() == "ready\n"
+        killed.kill()  # SIGKILL: the worker outlives it, as a crashed kernel's would
+        killed.wait()
+        after = generator_process("now")  # before the fix it waited forever for the lock the worker kept
+        try:
+            after.wait(timeout=120)
+        finally:
+            after.kill()
+        assert after.returncode == 0
+        assert (dataset_dir("toy", "smoke", 7) / "catalog.csv").is_file()
+    finally:
+        killed.kill()
+        if worker is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)
+
+
+def test_waiting_for_a_live_holder_names_it_and_gives_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
+    holder = generator_process("hold")
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        with pytest.raises(TimeoutError, match=rf"held by pid {holder.pid} on .*delete .*toy-smoke-seed7.lock"):
+            ensure_generated("toy", "smoke", 7, write_catalog, wait_s=0.5)
+        assert f"pid {holder.pid}" in capsys.readouterr().out  # the wait said whom it waited for
+    finally:
+        holder.kill()
+        holder.wait()
+    assert ensure_generated("toy", "smoke", 7, write_catalog, wait_s=30) == dataset_dir("toy", "smoke", 7)
+
+
+def test_read_only_cache_names_course_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "cache"))
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> None:  # as root a chmod would not stop writes
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(PermissionError, match=r"data cache .*cache is not writable: set COURSE_DATA_DIR"):
+        ensure_generated("toy", "smoke", 0, write_catalog)
+
+
+def test_course_data_dir_pointing_at_a_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cache").write_text("not a folder")
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "cache"))
+    with pytest.raises(NotADirectoryError, match=r"\(COURSE_DATA_DIR=.*cache\) is a file, not a folder"):
+        dataset_dir("toy", "smoke", 0)
+
+
+def test_the_data_modules_import_and_lock_without_fcntl(tmp_path: Path) -> None:
+    """Native Windows has no ``fcntl``: importing the data package and generating must not need it."""
+    code = "import sys; sys.modules['fcntl'] = None\nimport course_utils.data, course_utils.data.download\n" + GENERATE
+    env = {**os.environ, "COURSE_DATA_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code, "now"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "toy-smoke-seed7" / "catalog.csv").is_file()
 
 
 def test_read_catalog_filters_and_explains(tmp_path: Path) -> None:

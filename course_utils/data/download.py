@@ -6,6 +6,7 @@ machine), the loaders in ``course_utils.data.real_fields``, ``course_utils.data.
 
 1. downloads a registered file into ``<data cache>/downloads`` with a progress bar, writing ``<name>.part``;
    an interrupted download keeps its ``.part`` and the next call resumes it with an HTTP ``Range`` request;
+   one process at a time downloads a file: another that asks for it meanwhile waits and reuses it;
 2. verifies the complete file (size where the publisher gives it, and the MD5 checksum published by the
    dataset's own distribution or a well-kept library, cited on each entry) and only then renames it into place;
    a file that fails the check is deleted, so a broken download is never used (BreizhCrops publishes no
@@ -35,6 +36,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from course_utils.config import data_dir
+from course_utils.data.store import explain_cache_errors, target_lock
 
 MIRROR_ENV = "COURSE_DOWNLOAD_MIRROR"
 """Environment variable: a base URL that replaces every registered file's origin (``<mirror>/<filename>``)."""
@@ -263,6 +265,7 @@ def _append(response: urllib.response.addinfourl, part: Path, start: int, item: 
 
     Raises:
         ConnectionError: when the transfer stops before the announced length; ``part`` keeps what arrived.
+        OSError: when writing fails (a full disk): not a connection problem, so it is raised as it is.
     """
     if start and response.status != 206:  # the server ignored the Range request: start again
         start = 0
@@ -271,13 +274,17 @@ def _append(response: urllib.response.addinfourl, part: Path, start: int, item: 
     received, problem = 0, None
     bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=item.filename, disable=not progress)
     with bar, open(part, "ab" if start else "wb") as handle:
-        try:
-            while block := response.read(1 << 20):
-                handle.write(block)
-                received += len(block)
-                bar.update(len(block))
-        except OSError as error:
-            problem = error
+        while True:
+            try:
+                block = response.read(1 << 20)
+            except OSError as error:
+                problem = error
+                break
+            if not block:
+                break
+            handle.write(block)
+            received += len(block)
+            bar.update(len(block))
     if problem is not None or (remaining is not None and received < remaining):
         raise ConnectionError(
             f"the download of {item.filename} broke off after {start + received} bytes "
@@ -289,7 +296,8 @@ def download(name: str, progress: bool = True, timeout_s: float = 60.0) -> Path:
     """The verified file of registry entry ``name`` in :func:`downloads_dir`, downloaded first if missing.
 
     A partial download is kept as ``<filename>.part`` and resumed by the next call (HTTP ``Range``; a server
-    that ignores it sends the whole file, which then replaces the partial one).
+    that ignores it sends the whole file, which then replaces the partial one). A process that finds another
+    one downloading the same file waits for it (:func:`~course_utils.data.store.target_lock`) and reuses it.
 
     Args:
         name: a key of :data:`REGISTRY`, e.g. ``"ftw-austria"`` or ``"eurosat100"``.
@@ -302,12 +310,20 @@ def download(name: str, progress: bool = True, timeout_s: float = 60.0) -> Path:
     Raises:
         ValueError: for an unknown name, or when the download fails the size/MD5 check (the file is deleted).
         ConnectionError: when the host cannot be reached, or the connection drops (the ``.part`` file is kept).
+        OSError: when the disk is full or the data cache is not writable, saying how to move the cache.
     """
     item = registered(name)
     target = downloads_dir() / item.filename
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with explain_cache_errors(), target_lock(target):
+        if not target.is_file():  # else another process downloaded it while this one waited
+            _download(item, target, progress, timeout_s)
+    return target
+
+
+def _download(item: RemoteFile, target: Path, progress: bool, timeout_s: float) -> None:
+    """Download ``item`` to ``target`` through ``<target>.part`` (resumed if present), verify it, rename it."""
     part = target.with_name(target.name + ".part")
     start = part.stat().st_size if part.is_file() else 0
     url = source_url(item)
@@ -325,7 +341,6 @@ def download(name: str, progress: bool = True, timeout_s: float = 60.0) -> Path:
         part.unlink(missing_ok=True)
         raise ValueError(f"the download is damaged and was deleted ({error}); download it again.") from error
     os.replace(part, target)
-    return target
 
 
 def _safe_members(archive: Path, names: list[str], destination: Path) -> None:
@@ -376,4 +391,7 @@ def fetch(name: str, progress: bool = True) -> Path:
     if not path.name.endswith(ARCHIVE_SUFFIXES):
         return path
     folder = downloads_dir() / name
-    return folder if folder.is_dir() else extract(path, folder)
+    if folder.is_dir():
+        return folder
+    with explain_cache_errors(), target_lock(folder):
+        return folder if folder.is_dir() else extract(path, folder)

@@ -3,12 +3,19 @@
 A generator writes into a temporary folder beside its target; only when it returns is the folder
 renamed into place. An interrupted generator leaves no half-written dataset behind: the next call
 removes the leftover temporary folder and starts again.
+
+Writers of the cache (generators here, downloads in :mod:`course_utils.data.download`) hold a
+:func:`target_lock` on their target, so parallel processes write it once; and they run inside
+:func:`explain_cache_errors`, so a full disk or a read-only cache says what to do.
 """
 
 from __future__ import annotations
 
-import fcntl
+import errno
+import os
 import shutil
+import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -17,11 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 
 from course_utils.config import MODES, data_dir
 
 CATALOG = "catalog.csv"
 _TMP_MARK = ".partial-"
+LOCK_WAIT_S = 3600.0
+"""How long a writer waits for another process writing the same target before it gives up."""
 
 
 def dataset_dir(family: str, mode: str, seed: int) -> Path:
@@ -32,20 +42,79 @@ def dataset_dir(family: str, mode: str, seed: int) -> Path:
 
 
 @contextmanager
-def _generation_lock(target: Path) -> Iterator[None]:
-    """Hold an exclusive lock while ``target`` is generated, so parallel processes generate it once."""
-    locks = target.parent / ".locks"
-    locks.mkdir(exist_ok=True)
-    with open(locks / f"{target.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def explain_cache_errors() -> Iterator[None]:
+    """Re-raise a full disk or a read-only data cache as an error that says how to move the cache."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise OSError(
+                error.errno,
+                f"no space left on device in the data cache {data_dir()}: free some space there, or move the "
+                "cache to a larger disk by setting COURSE_DATA_DIR to a folder on it",
+                error.filename,
+            ) from error
+        if isinstance(error, PermissionError) or error.errno == errno.EROFS:
+            raise PermissionError(
+                error.errno,
+                f"the data cache {data_dir()} is not writable: set COURSE_DATA_DIR to a folder you can write "
+                "to (e.g. export COURSE_DATA_DIR=~/dl4rs-data)",
+                error.filename,
+            ) from error
+        raise
+
+
+def _holder(record: Path) -> str:
+    """Who holds a lock, as its holder recorded it when it took the lock."""
+    try:
+        return record.read_text().strip()
+    except OSError:
+        return "an unknown process (it left no record)"
+
+
+@contextmanager
+def target_lock(target: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold an exclusive lock on ``target`` (``<its folder>/.locks/<name>.lock``) while it is written.
+
+    Other processes and threads that lock the same target wait; the wait prints who holds the lock,
+    recorded in ``<name>.lock.holder``. Processes forked while the lock is held (pool workers) do not
+    hold it: it is released when its holder ends, even when killed.
+
+    Raises:
+        TimeoutError: after ``wait_s`` seconds, naming the holder and what to do.
+    """
+    lock_path = target.parent / ".locks" / f"{target.name}.lock"
+    record = lock_path.with_name(f"{lock_path.name}.holder")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting up to {wait_s:.0f} s for {target.name}: {_holder(record)} is writing it.")
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            lock.acquire(timeout=wait_s)
+        except Timeout:
+            raise TimeoutError(
+                f"gave up after {wait_s:.0f} s waiting for {target}: the lock {lock_path} is held by "
+                f"{_holder(record)}. Wait for that process or stop it; if no such process runs any more, "
+                f"delete {lock_path} and run again."
+            ) from None
+    try:
+        command = " ".join(sys.argv) or sys.executable
+        record.write_text(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')} ({command})")
+        yield
+    finally:
+        record.unlink(missing_ok=True)
+        lock.release()
 
 
 def ensure_generated(
-    family: str, mode: str, seed: int, generate: Callable[[Path, str, int], None], verbose: bool = True
+    family: str,
+    mode: str,
+    seed: int,
+    generate: Callable[[Path, str, int], None],
+    verbose: bool = True,
+    wait_s: float = LOCK_WAIT_S,
 ) -> Path:
     """Return the dataset folder, generating it first if it is missing.
 
@@ -55,12 +124,13 @@ def ensure_generated(
         seed: the generator's seed; the same seed gives the same files.
         generate: ``generate(folder, mode, seed)`` writes every file of the dataset into ``folder``,
             including ``catalog.csv``.
+        verbose: print what was generated and how long it took.
+        wait_s: how long to wait for another process generating the same dataset (see :func:`target_lock`).
     """
     target = dataset_dir(family, mode, seed)
     if (target / CATALOG).is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _generation_lock(target):
+    with explain_cache_errors(), target_lock(target, wait_s):
         if (target / CATALOG).is_file():  # another process generated it while we waited
             return target
         for leftover in target.parent.glob(f"{_TMP_MARK}{target.name}-*"):
