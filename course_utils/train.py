@@ -34,12 +34,15 @@ processes and writes the checkpoint from rank 0 only.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import pickle
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +254,101 @@ def _save_atomic(payload: Any, path: Path) -> None:
         torch.save(payload, tmp)
 
 
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint file's contents, read safely (``weights_only``: tensors and plain Python values only).
+
+    Raises:
+        ValueError: naming the file when it is empty, truncated, not a checkpoint, or holds code to run
+            (delete it to retrain).
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as error:
+        reason = (str(error).strip().splitlines() or ["empty file"])[0][:200]
+        raise ValueError(
+            f"{path} is not a readable checkpoint ({type(error).__name__}: {reason}); it may be truncated by an "
+            "interrupted copy, or not written by the course. Delete it to retrain."
+        ) from error
+
+
+def recipe_key(recipe: Mapping[str, Any]) -> str:
+    """Ten hex digits that change with any value of ``recipe`` (SHA-256 of its sorted JSON).
+
+    Put every setting that changes the trained weights in the recipe: hyperparameters, data seed, training
+    seed and the key of any checkpoint it starts from. Values must be JSON types (numbers, strings, lists).
+    """
+    return hashlib.sha256(_plain(recipe).encode()).hexdigest()[:10]
+
+
+def _plain(values: Any) -> str:
+    """Canonical JSON of a recipe; refuses values JSON would change silently."""
+    try:
+        return json.dumps(values, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"a recipe holds numbers, strings, booleans, None, lists and dicts only ({error})") from error
+
+
+def keyed_path(path: str | os.PathLike, recipe: Mapping[str, Any]) -> Path:
+    """``path`` with the recipe's key before the suffix: ``unet.pt`` -> ``unet-<key>.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-{recipe_key(recipe)}{path.suffix}")
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level of dotted keys: ``{"optimizer": {"lr": 0.1}}`` -> ``{"optimizer.lr": 0.1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping) and value:
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _differences(saved: Mapping[str, Any], now: Mapping[str, Any], most: int = 6) -> list[str]:
+    """``key: <saved> in the file, <now> now`` for each setting that differs (compared as JSON), at most ``most``."""
+    saved, now = _flat(saved), _flat(now)
+    as_json = {key: [json.dumps(d.get(key), sort_keys=True, default=str) for d in (saved, now)] for key in saved | now}
+    lines = [f"{key}: {old} in the file, {new} now" for key, (old, new) in sorted(as_json.items()) if old != new]
+    return lines[:most] + ([f"... and {len(lines) - most} more"] if len(lines) > most else [])
+
+
+def _architecture(model: nn.Module) -> dict[str, list[int]]:
+    return {name: list(value.shape) for name, value in model.state_dict().items()}
+
+
+#: Scheduler state that is progress, not a setting (it changes every epoch).
+_SCHEDULER_PROGRESS = {"last_epoch", "base_lrs", "best", "num_bad_epochs", "cooldown_counter"}
+
+
+def _fit_settings(
+    model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, monitor: str, recipe: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote the checkpoint (``epochs`` may grow: train longer)."""
+    groups = [
+        {
+            k: (g.get("initial_lr", g["lr"]) if k == "lr" else v)
+            for k, v in g.items()
+            if k not in ("params", "initial_lr")
+        }
+        for g in optimizer.param_groups
+    ]
+    settings: dict[str, Any] = {
+        "architecture": _architecture(model),
+        "optimizer": {"type": type(optimizer).__name__}
+        | (groups[0] if len(groups) == 1 else {f"group{i}": g for i, g in enumerate(groups)}),
+        "monitor": monitor,
+        "recipe": dict(recipe or {}),
+    }
+    if scheduler is not None:
+        state = scheduler.state_dict()
+        settings["scheduler"] = {"type": type(scheduler).__name__} | {
+            k: v for k, v in state.items() if not k.startswith("_") and k not in _SCHEDULER_PROGRESS
+        }
+    return json.loads(json.dumps(settings, default=str))  # plain types: weights_only loads them back
+
+
 def fit(
     model: nn.Module,
     train_loader: Iterable[Batch],
@@ -272,6 +370,7 @@ def fit(
     progress: bool = True,
     channels_last: bool = False,
     compile_model: bool = False,
+    recipe: Mapping[str, Any] | None = None,
 ) -> History:
     """Train ``model`` for up to ``epochs`` epochs, validating after each; keep and restore the best weights.
 
@@ -290,10 +389,15 @@ def fit(
         patience: stop after this many epochs without improvement (``None``: never stop early).
         scheduler: stepped once per epoch (``ReduceLROnPlateau`` gets the monitored value).
         checkpoint: file for the latest state and the best weights; if it exists, training resumes from it.
+            It records the settings it was written with (architecture, optimizer hyperparameters, scheduler,
+            ``monitor``, ``recipe``); resuming with other settings is refused, naming what differs (a larger
+            ``epochs`` is allowed: it trains longer).
         amp: mixed precision on a GPU, see :func:`amp_dtype` (ignored on the CPU).
         progress: show a progress bar over epochs.
         channels_last: store the model's weights and 4-D inputs channels-last (faster convolutions on GPUs).
         compile_model: train through ``torch.compile(model)``; falls back to the plain model if that fails.
+        recipe: anything else that changes the weights (data seed, augmentation, ...), JSON values; recorded
+            in ``checkpoint``.
 
     Under ``torch.distributed`` (``model`` wrapped in DistributedDataParallel), ``train_loader``'s sampler
     and dataset get ``set_epoch(epoch)`` before each epoch when they have it, ``train_loss`` is averaged over
@@ -313,15 +417,22 @@ def fit(
     best_state: dict[str, torch.Tensor] | None = None
     start = 1
     path = Path(checkpoint) if checkpoint is not None else None
+    settings = _fit_settings(model, optimizer, scheduler, monitor, recipe)
     if path is not None and path.is_file():
-        saved = torch.load(path, map_location=device, weights_only=False)
+        saved = load_checkpoint(path, device)
+        differences = _differences(saved.get("settings", {}), settings)
+        if differences:
+            raise ValueError(
+                f"{path} was written by a run with other settings, so it cannot be resumed:\n  "
+                + "\n  ".join(differences) + "\nDelete it to start afresh, or run with the settings it records."
+            )  # fmt: skip
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None and saved.get("scheduler") is not None:
             scheduler.load_state_dict(saved["scheduler"])
         if saved.get("scaler") is not None:
             scaler.load_state_dict(saved["scaler"])
-        history, best_state = saved["history"], saved["best_state"]
+        history, best_state = History(**saved["history"]), saved["best_state"]
         start = history.records[-1]["epoch"] + 1 if history.records else 1
         print(f"resuming from {path} after epoch {start - 1}")
     if history.stopped_early:
@@ -381,8 +492,9 @@ def fit(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "scaler": scaler.state_dict(),
-                    "history": history,
+                    "history": asdict(history),
                     "best_state": best_state,
+                    "settings": settings,
                 },
                 path,
             )
@@ -395,24 +507,41 @@ def fit(
     return history
 
 
-def load_or_train(model: nn.Module, path: str | os.PathLike, train: Callable[[nn.Module], Any]) -> bool:
+def load_or_train(
+    model: nn.Module,
+    path: str | os.PathLike,
+    train: Callable[[nn.Module], Any],
+    recipe: Mapping[str, Any] | None = None,
+) -> bool:
     """Load ``model``'s weights from ``path`` if the file exists; otherwise ``train(model)`` and save them.
+
+    With ``recipe`` (every setting that changes the weights: hyperparameters, data and training seeds, the key
+    of an upstream checkpoint) the file is :func:`keyed_path` ``(path, recipe)`` and records the recipe: a
+    changed setting trains anew instead of silently loading another recipe's weights. Prints which happened.
 
     Returns:
         ``True`` when the weights were loaded, ``False`` when the model was trained now.
+
+    Raises:
+        ValueError: when the file is damaged, or records another recipe than its name says.
+        RuntimeError: when its weights do not fit ``model`` (another architecture).
     """
-    path = Path(path)
+    path = Path(path) if recipe is None else keyed_path(path, recipe)
     if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_checkpoint(path)
+        state = saved["state_dict"] if "state_dict" in saved else saved
+        if recipe is not None and _differences(saved.get("recipe", {}), dict(recipe)):
+            raise ValueError(f"{path} records another recipe than its key says; delete it to retrain:\n  "
+                             + "\n  ".join(_differences(saved.get("recipe", {}), dict(recipe))))  # fmt: skip
         try:
             model.load_state_dict(state)
         except RuntimeError as error:
             raise RuntimeError(
                 f"{path} does not fit this model (was the architecture changed?); delete the file to retrain."
             ) from error
-        print(f"loaded trained weights from {path}")
+        print(f"loaded (same recipe): {path.name}" if recipe is not None else f"loaded trained weights from {path}")
         return True
     train(model)
-    _save_atomic(model.state_dict(), path)
-    print(f"saved trained weights to {path}")
+    _save_atomic({"state_dict": model.state_dict(), "recipe": json.loads(_plain(dict(recipe or {})))}, path)
+    print(f"trained now, saved to {path}")
     return False

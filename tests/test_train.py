@@ -14,7 +14,16 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from course_utils import train
 from course_utils.metrics import confusion_matrix
-from course_utils.train import evaluate, fit, load_or_train, loader_options, split_batch
+from course_utils.train import (
+    History,
+    evaluate,
+    fit,
+    keyed_path,
+    load_or_train,
+    loader_options,
+    recipe_key,
+    split_batch,
+)
 
 CPU = torch.device("cpu")
 
@@ -217,3 +226,71 @@ def test_autocast_uses_float16_only_where_the_loss_is_scaled(monkeypatch: pytest
     scaled = train.autocast(cpu, scaled=True)
     assert scaled._enabled and scaled.fast_dtype == torch.float16
     assert not train.autocast(cpu, amp=False, scaled=True)._enabled
+
+
+def fit_linear(path: Path, model: nn.Module | None = None, lr: float = 0.1, epochs: int = 2) -> History:
+    """Two epochs of SGD on the blobs with a resume checkpoint at ``path``."""
+    torch.manual_seed(0)
+    model = model or nn.Linear(2, 2)
+    train, val = loaders()
+    return fit(model, train, val, loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=lr),
+               epochs=epochs, device=CPU, checkpoint=path, progress=False)  # fmt: skip
+
+
+def test_resuming_with_other_settings_is_refused_naming_the_file_and_the_difference(tmp_path: Path) -> None:
+    path = tmp_path / "run.pt"
+    fit_linear(path)
+    with pytest.raises(ValueError, match=r"run\.pt was written by a run with other settings(.|\n)*lr.*0\.1.*0\.01"):
+        fit_linear(path, lr=0.01, epochs=3)
+    with pytest.raises(ValueError, match=r"run\.pt(.|\n)*architecture"):
+        fit_linear(path, model=nn.Linear(2, 3), epochs=3)
+    assert [r["epoch"] for r in fit_linear(path, epochs=3).records] == [1, 2, 3]  # the same settings resume
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", b"not a checkpoint at all"])
+def test_a_damaged_checkpoint_names_its_file(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "run.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"run\.pt is not a readable checkpoint.*Delete it"):
+        fit_linear(path)
+    with pytest.raises(ValueError, match=r"run\.pt is not a readable checkpoint"):
+        load_or_train(nn.Linear(2, 2), path, lambda model: None)
+
+
+class RunsCode:
+    """A pickled object that would run a command when unpickled by ``torch.load(weights_only=False)``."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, ("touch pwned",)
+
+
+def test_a_crafted_checkpoint_runs_no_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "run.pt"
+    torch.save({"model": RunsCode()}, path)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        fit_linear(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_load_or_train_keys_the_file_by_its_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trained = []
+
+    def train(model: nn.Module) -> None:
+        trained.append(1)
+        with torch.no_grad():
+            model.weight.fill_(len(trained))
+
+    recipe = {"epochs": 5, "lr": 0.01, "seed": 0}
+    assert load_or_train(nn.Linear(2, 2), tmp_path / "m.pt", train, recipe) is False
+    assert "trained now" in capsys.readouterr().out
+    again = nn.Linear(2, 2)
+    assert load_or_train(again, tmp_path / "m.pt", train, dict(recipe)) is True
+    assert "loaded (same recipe)" in capsys.readouterr().out and torch.all(again.weight == 1)
+    longer = nn.Linear(2, 2)
+    assert load_or_train(longer, tmp_path / "m.pt", train, recipe | {"epochs": 6}) is False  # a changed setting
+    assert torch.all(longer.weight == 2) and len(list(tmp_path.glob("m-*.pt"))) == 2
+    assert keyed_path(tmp_path / "m.pt", recipe) != keyed_path(tmp_path / "m.pt", recipe | {"seed": 1})
+    assert recipe_key({"a": 1, "b": 2}) == recipe_key({"b": 2, "a": 1})
+    with pytest.raises(TypeError, match="recipe holds"):
+        recipe_key({"lr": float("nan")})
