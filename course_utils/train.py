@@ -542,6 +542,12 @@ def load_or_train(
         print(f"loaded (same recipe): {path.name}" if recipe is not None else f"loaded trained weights from {path}")
         return True
     train(model)
-    _save_atomic({"state_dict": model.state_dict(), "recipe": json.loads(_plain(dict(recipe or {})))}, path)
+    save_weights(model.state_dict(), path, recipe)
     print(f"trained now, saved to {path}")
     return False
+
+
+def save_weights(state: Mapping[str, torch.Tensor], path: str | os.PathLike, recipe: Mapping[str, Any] | None) -> None:
+    """Write trained weights with the recipe that made them, in the file format :func:`load_or_train` reads."""
+    payload = {"state_dict": {k: v.cpu() for k, v in state.items()}, "recipe": json.loads(_plain(dict(recipe or {})))}
+    _save_atomic(payload, Path(path))

@@ -46,8 +46,8 @@ from course_utils.data.fields import BANDS, FieldChipDataset, ensure_fields
 from course_utils.files import atomic_path, stop_cleanly_on_sigterm
 from course_utils.geo import read_raster
 from course_utils.losses import LOSS_NAMES, class_weights, make_loss
-from course_utils.models.unet import CLASS_NAMES, FIELD_UNET_RECIPE, UNet, field_unet_path
-from course_utils.train import History, fit, loader_options
+from course_utils.models.unet import CLASS_NAMES, FIELD_UNET_RECIPE, UNet, field_unet_path, field_unet_recipe
+from course_utils.train import History, fit, loader_options, save_weights
 from course_utils.transforms import RandomCrop, RandomFlipRotate
 
 
@@ -167,8 +167,9 @@ def train(args: argparse.Namespace) -> History:
     rank, world, device = _start_processes()
     mode = args.mode or get_mode()
     given = {key: value for key, value in vars(args).items() if value is not None}
-    recipe = FIELD_UNET_RECIPE[mode] | {key: given[key] for key in FIELD_UNET_RECIPE[mode] if key in given}
-    out = args.out or field_unet_path(args.region, mode, args.seed, args.loss)
+    overrides = {key: given[key] for key in FIELD_UNET_RECIPE[mode] if key in given}
+    recipe = field_unet_recipe(args.region, mode, args.seed, args.loss, data_seed=args.data_seed, **overrides)
+    out = args.out or field_unet_path(args.region, mode, args.seed, args.loss, data_seed=args.data_seed, **overrides)
     batch, draws = recipe["batch_size"], recipe["samples_per_epoch"]
     if batch % world or batch < world:
         raise ValueError(f"the global batch {batch} must be a multiple of the {world} processes; change --batch-size.")
@@ -212,9 +213,7 @@ def train(args: argparse.Namespace) -> History:
         progress=rank == 0, channels_last=args.channels_last, compile_model=args.compile,
     )  # fmt: skip
     if rank == 0:
-        weights = (network.module if world > 1 else network).state_dict()
-        with atomic_path(out) as tmp:
-            torch.save({k: v.cpu() for k, v in weights.items()}, tmp)
+        save_weights((network.module if world > 1 else network).state_dict(), out, recipe)
         with atomic_path(out.with_suffix(".history.json")) as tmp:
             tmp.write_text(json.dumps(asdict(history), indent=1))
         best = history.best
@@ -226,11 +225,11 @@ def train(args: argparse.Namespace) -> History:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; SIGTERM stops it as Ctrl-C does (temporaries removed)."""
-    stop_cleanly_on_sigterm()
+    """Command-line entry point."""
     train(parse_args(argv))
     return 0
 
 
 if __name__ == "__main__":
+    stop_cleanly_on_sigterm()  # a killed run removes its temporaries as Ctrl-C does
     sys.exit(main())

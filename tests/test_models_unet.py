@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -102,17 +103,21 @@ def test_load_or_train_field_unet_trains_once_then_loads(
 ) -> None:
     monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
     recipe = {"width": 4, "epochs": 1, "samples_per_epoch": 4, "batch_size": 2}
-    model, history = load_or_train_field_unet("smallholder", "smoke", seed=3, device=torch.device("cpu"),
-                                              progress=False, **recipe)
-    path = field_unet_path("smallholder", "smoke", 3)
-    assert path == tmp_path / "checkpoints" / "field_unet_smallholder_smoke_seed3.pt" and path.is_file()
+    model, history = load_or_train_field_unet(
+        "smallholder", "smoke", seed=3, device=torch.device("cpu"), progress=False, **recipe
+    )
+    path = field_unet_path("smallholder", "smoke", 3, **recipe)
+    assert path.parent == tmp_path / "checkpoints" and path.is_file()
+    assert re.fullmatch(r"field_unet_smallholder_smoke_seed3-[0-9a-f]{10}\.pt", path.name)
     assert history is not None and len(history.records) == 1 and "val_miou" in history.records[0]
     assert not model.training and np.all(model.stats[1] > 1)  # stored units, not the defaults of 1
 
-    again, history_again = load_or_train_field_unet("smallholder", "smoke", seed=3, width=32)  # width ignored
+    again, history_again = load_or_train_field_unet("smallholder", "smoke", seed=3, **recipe)  # the same recipe
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, again.state_dict()[name]), name
     assert history_again is not None and history_again.records == history.records
+    for changed in ({"epochs": 2}, {"data_seed": 1}, {"loss": "ce"}):  # each setting that changes weights: a new file
+        assert field_unet_path("smallholder", "smoke", **({"seed": 3} | recipe | changed)) != path
 
     with pytest.raises(TypeError, match="unknown recipe keys"):
         load_or_train_field_unet("smallholder", "smoke", seed=3, epoch=2)

@@ -26,7 +26,7 @@ RUN = ["--mode", "smoke", "--epochs", "1", "--batch-size", "4", "--samples-per-e
 
 def weights(path: Path) -> torch.Tensor:
     """All floating-point weights and batch-norm statistics of a saved state dict, as one vector."""
-    state = torch.load(path, weights_only=True)
+    state = torch.load(path, weights_only=True)["state_dict"]
     return torch.cat([value.ravel() for value in state.values() if value.is_floating_point()])
 
 

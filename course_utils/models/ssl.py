@@ -39,7 +39,7 @@ from course_utils.files import atomic_path
 from course_utils.geo import read_raster
 from course_utils.models.unet import CLASS_NAMES, FIELD_UNET_RECIPE, UNet
 from course_utils.models.vit import PatchEmbedding, TransformerBlock, _init_weights
-from course_utils.train import autocast, load_or_train
+from course_utils.train import autocast, keyed_path, load_or_train
 
 #: SimCLR pretraining of the field U-Net's encoder in each mode. ``width`` is the field U-Net's
 #: (:data:`course_utils.models.unet.FIELD_UNET_RECIPE`), so the pretrained encoder drops into it.
@@ -400,8 +400,17 @@ def pretrain_simclr(
     return torch.stack(losses).float().cpu().tolist()
 
 
+def ssl_field_unet_recipe(mode: str, seed: int = 0) -> dict[str, Any]:
+    """Every setting that changes the pretrained weights: :data:`SSL_FIELD_RECIPE` of the mode and the seed."""
+    return SSL_FIELD_RECIPE[mode] | {"mode": mode, "seed": seed}
+
+
 def ssl_field_unet_path(mode: str, seed: int = 0) -> Path:
-    """Checkpoint of the SimCLR-pretrained field U-Net of a mode and pretraining seed."""
+    """Checkpoint of the SimCLR-pretrained field U-Net of a mode and pretraining seed, keyed by its recipe."""
+    return keyed_path(_ssl_base(mode, seed), ssl_field_unet_recipe(mode, seed))
+
+
+def _ssl_base(mode: str, seed: int) -> Path:
     return checkpoint_dir() / f"ssl_simclr_field_unet_{mode}_seed{seed}.pt"
 
 
@@ -417,7 +426,7 @@ def load_or_train_ssl_field_unet(
     """A field UNet (4 bands, 3 classes, width ``FIELD_UNET_RECIPE[mode]["width"]``, depth 3) whose encoder
     and bottleneck hold SimCLR weights pretrained on unlabelled chips and scenes of both regions.
 
-    The weights are loaded from ``ssl_simclr_field_unet_<mode>_seed<seed>.pt`` under
+    The weights are loaded from ``ssl_simclr_field_unet_<mode>_seed<seed>-<recipe key>.pt`` under
     :func:`course_utils.config.checkpoint_dir`, or pretrained now with :data:`SSL_FIELD_RECIPE` (seeded by
     ``seed``) and saved. The decoder and head are freshly initialised from ``seed`` (the global random
     state is left as it was). ``model.stats`` holds the per-band normalisation statistics of pretraining;
@@ -427,8 +436,6 @@ def load_or_train_ssl_field_unet(
     recipe = SSL_FIELD_RECIPE[mode]
     path = ssl_field_unet_path(mode, seed)
     width = recipe["width"]
-    if path.is_file():
-        width = torch.load(path, map_location="cpu", weights_only=True)["head.weight"].shape[1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = UNet(in_channels=len(BANDS), classes=len(CLASS_NAMES), width=width, depth=3)
@@ -448,7 +455,7 @@ def load_or_train_ssl_field_unet(
         with atomic_path(path.with_suffix(".losses.json")) as tmp:
             tmp.write_text(json.dumps(losses))
 
-    load_or_train(model, path, pretrain)
+    load_or_train(model, _ssl_base(mode, seed), pretrain, ssl_field_unet_recipe(mode, seed))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = UNet(in_channels=len(BANDS), classes=len(CLASS_NAMES), width=width, depth=3)

@@ -13,9 +13,10 @@ notebook 02 saved or trains it on the spot when it is missing.
   :func:`course_utils.train.fit` loop; works for any model that maps ``[B, C, H, W]`` to logits.
 * :func:`predict_masks` and :func:`field_scores`: predicted masks of a dataset, per-class IoU/F1 and
   field-extent IoU (interior + edge against non-field).
-* :func:`load_or_train_field_unet`: the checkpoint ``field_unet_<region>_<mode>_seed<seed>.pt`` under
+* :func:`load_or_train_field_unet`: the checkpoint ``field_unet_<region>_<mode>_seed<seed>-<key>.pt`` under
   :func:`course_utils.config.checkpoint_dir`, trained with the recipe of :data:`FIELD_UNET_RECIPE`
-  (``field_unet_<dataset>_...`` for a real dataset such as ``ftw-austria``).
+  (``field_unet_<dataset>_...`` for a real dataset such as ``ftw-austria``); ``<key>`` changes with every
+  setting of :func:`field_unet_recipe`, so a learner who changes one gets a model trained with it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from course_utils.files import atomic_path
 from course_utils.geo import check_chip_size, read_raster
 from course_utils.losses import class_weights, make_loss
 from course_utils.metrics import confusion_matrix, f1_per_class, iou_per_class
-from course_utils.train import History, autocast, fit, load_or_train
+from course_utils.train import History, autocast, fit, keyed_path, load_or_train
 from course_utils.transforms import RandomCrop, RandomFlipRotate
 
 CLASS_NAMES = ("non-field", "interior", "edge")
@@ -218,16 +219,39 @@ def field_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return scores
 
 
-def field_unet_path(
-    region: str, mode: str, seed: int = 0, loss: str = "ce_dice", *, dataset: str = "generated"
-) -> Path:
-    """Checkpoint file of the field U-Net for a region, mode, training seed and loss recipe.
+def field_unet_recipe(
+    region: str, mode: str, seed: int = 0, loss: str = "ce_dice", *, dataset: str = "generated", data_seed: int = 0,
+    **overrides: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """Every setting that changes the field U-Net's weights: :data:`FIELD_UNET_RECIPE` of the mode with
+    ``overrides``, the data (dataset, region, mode, data seed), the loss and the training seed.
 
-    A real ``dataset`` (e.g. ``"ftw-austria"``) names the file instead of the region, which it implies.
+    Raises:
+        TypeError: for an override that is not a recipe key.
     """
-    suffix = "" if loss == "ce_dice" else f"_{loss}"
+    unknown = set(overrides) - set(FIELD_UNET_RECIPE[mode])
+    if unknown:
+        raise TypeError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(FIELD_UNET_RECIPE[mode])}")
     data = region if dataset == "generated" else dataset
-    return checkpoint_dir() / f"field_unet_{data}_{mode}_seed{seed}{suffix}.pt"
+    return FIELD_UNET_RECIPE[mode] | overrides | {
+        "data": data, "mode": mode, "data_seed": data_seed, "loss": loss, "seed": seed
+    }  # fmt: skip
+
+
+def _field_unet_base(recipe: dict[str, Any]) -> Path:
+    loss = "" if recipe["loss"] == "ce_dice" else f"_{recipe['loss']}"
+    return checkpoint_dir() / f"field_unet_{recipe['data']}_{recipe['mode']}_seed{recipe['seed']}{loss}.pt"
+
+
+def field_unet_path(
+    region: str, mode: str, seed: int = 0, loss: str = "ce_dice", *, dataset: str = "generated", data_seed: int = 0,
+    **overrides: Any,
+) -> Path:  # fmt: skip
+    """Checkpoint file of the field U-Net trained with these settings (:func:`field_unet_recipe`):
+    ``field_unet_<region or dataset>_<mode>_seed<seed>[_<loss>]-<recipe key>.pt``: a changed setting is another file.
+    """
+    recipe = field_unet_recipe(region, mode, seed, loss, dataset=dataset, data_seed=data_seed, **overrides)
+    return keyed_path(_field_unet_base(recipe), recipe)
 
 
 def _history_path(path: Path) -> Path:
@@ -273,7 +297,8 @@ def load_or_train_field_unet(
         dataset: ``"generated"`` or a real dataset of :func:`field_datasets` (``"ftw-<country>"``, whose region
             is its country: ``region`` is then ignored); a real one is part of the file name.
         recipe: overrides of :data:`FIELD_UNET_RECIPE` (``width``, ``epochs``, ``crop``, ``batch_size``,
-            ``samples_per_epoch``, ``lr``); a checkpoint that exists is loaded whatever they say.
+            ``samples_per_epoch``, ``lr``). The checkpoint is keyed by all of these settings
+            (:func:`field_unet_path`): a checkpoint trained otherwise is never loaded in its place.
 
     Returns:
         ``(model, history)``: the model on the CPU in eval mode, with ``model.stats`` the normalisation
@@ -281,15 +306,9 @@ def load_or_train_field_unet(
         Normalise inputs with ``model.stats`` (e.g. ``FieldChipDataset(..., stats=model.stats)``).
     """
     mode = mode or get_mode()
-    unknown = set(recipe) - set(FIELD_UNET_RECIPE[mode])
-    if unknown:
-        raise TypeError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(FIELD_UNET_RECIPE[mode])}")
-    settings = FIELD_UNET_RECIPE[mode] | recipe
-    path = field_unet_path(region, mode, seed, loss, dataset=dataset)
-    width = settings["width"]
-    if path.is_file():  # build the model the checkpoint was trained with
-        width = torch.load(path, map_location="cpu", weights_only=True)["head.weight"].shape[1]
-    model = UNet(in_channels=len(BANDS), classes=len(CLASS_NAMES), width=width)
+    settings = field_unet_recipe(region, mode, seed, loss, dataset=dataset, data_seed=data_seed, **recipe)
+    path = keyed_path(_field_unet_base(settings), settings)
+    model = UNet(in_channels=len(BANDS), classes=len(CLASS_NAMES), width=settings["width"])
     history: list[History] = []
 
     def train(net: nn.Module) -> None:
@@ -300,14 +319,22 @@ def load_or_train_field_unet(
         run_device = device or get_device()
         history.append(
             fit_segmentation(
-                net, train_set, val_set, loss_fn=make_loss(loss, class_weights(masks, len(CLASS_NAMES))),
-                epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"], device=run_device,
-                samples_per_epoch=settings["samples_per_epoch"], num_workers=num_workers, progress=progress,
+                net,
+                train_set,
+                val_set,
+                loss_fn=make_loss(loss, class_weights(masks, len(CLASS_NAMES))),
+                epochs=settings["epochs"],
+                batch_size=settings["batch_size"],
+                lr=settings["lr"],
+                device=run_device,
+                samples_per_epoch=settings["samples_per_epoch"],
+                num_workers=num_workers,
+                progress=progress,
             )  # fmt: skip
         )
         net.cpu()
 
-    loaded = load_or_train(model, path, train)
+    loaded = load_or_train(model, _field_unet_base(settings), train, settings)
     if not loaded:
         _write_history(history[0], path)
     return model.eval(), (history[0] if history else _read_history(path))
