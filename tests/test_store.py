@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
 from course_utils.data.store import band_statistics, dataset_dir, ensure_generated, read_catalog
@@ -176,3 +177,26 @@ def test_band_statistics_match_numpy_and_skip_nan() -> None:
     assert np.isfinite(band_statistics(images)[0]).all()
     with pytest.raises(ValueError, match="training split empty"):
         band_statistics([])
+
+
+POOL = """
+import os, time
+from course_utils.data.store import worker_pool
+with worker_pool(1) as pool:
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 60)
+    time.sleep(60)
+"""
+
+
+def test_pool_workers_do_not_outlive_a_killed_generator() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", POOL], stdout=subprocess.PIPE, text=True)
+    worker = psutil.Process(int(parent.stdout.readline()))
+    parent.kill()  # SIGKILL: no cleanup runs in the parent
+    parent.wait()
+    try:
+        gone, alive = psutil.wait_procs([worker], timeout=15)
+        assert not alive, "the pool worker outlived its killed parent"
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.kill()

@@ -7,6 +7,7 @@ import time
 
 from course_utils.config import MODES, get_mode
 from course_utils.data import FAMILIES
+from course_utils.files import stop_cleanly_on_sigterm
 
 
 def folder_size_mb(folder) -> float:
@@ -26,4 +27,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stop_cleanly_on_sigterm()  # killed with SIGTERM: workers cancelled, temporary folders removed, as Ctrl-C
     main()

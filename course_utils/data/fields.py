@@ -23,9 +23,7 @@ and ``commercial`` (3-15 ha fields, early season, pale sandy soil); see :data:`R
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,7 @@ from scipy import ndimage
 from shapely.geometry import LineString, Polygon
 
 from course_utils.config import by_mode, get_mode
-from course_utils.data.store import band_statistics, ensure_generated, read_catalog
+from course_utils.data.store import band_statistics, ensure_generated, read_catalog, worker_pool
 from course_utils.geo import rasterize_fields, read_raster, write_raster
 
 FAMILY = "fields"
@@ -468,7 +466,7 @@ def generate(folder: Path, mode: str, seed: int) -> None:
     """
     folder = Path(folder)
     jobs = _chip_jobs(mode, seed)
-    with ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
+    with worker_pool() as pool:
         results = list(pool.map(_write_chip, [folder] * len(jobs), *zip(*jobs, strict=True)))
     rows = [row for row, _ in results]
     (folder / "fields").mkdir(exist_ok=True)

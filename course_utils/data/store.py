@@ -16,9 +16,11 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +34,34 @@ CATALOG = "catalog.csv"
 _TMP_MARK = ".partial-"
 LOCK_WAIT_S = 3600.0
 """How long a writer waits for another process writing the same target before it gives up."""
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Pool-worker initializer: end this worker within a second of its parent's death (SIGKILL included)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+@contextmanager
+def worker_pool(max_workers: int | None = None) -> Iterator[ProcessPoolExecutor]:
+    """Worker processes for a generator (one per core, at most 8) that never outlive it.
+
+    A killed parent's workers exit by themselves; an interrupted parent (Ctrl-C, SIGTERM) cancels the jobs
+    not yet started instead of waiting for them.
+    """
+    workers = max_workers or min(os.cpu_count() or 1, 8)
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),))
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def dataset_dir(family: str, mode: str, seed: int) -> Path:
