@@ -200,3 +200,22 @@ def test_pool_workers_do_not_outlive_a_killed_generator() -> None:
     finally:
         with contextlib.suppress(psutil.NoSuchProcess):
             worker.kill()
+
+
+def test_sigterm_during_generation_leaves_no_partial_folder_and_no_worker(tmp_path: Path) -> None:
+    env = {**os.environ, "COURSE_DATA_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "course_utils.data", "--mode", "smoke", "--seed", "5"]
+    generator = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".partial-*")) and time.monotonic() < deadline and generator.poll() is None:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".partial-*")), "the generator never started writing"
+    while not psutil.Process(generator.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # past the forks: a signal during os.fork's callbacks is "ignored" by Python, Ctrl-C as well
+    children = psutil.Process(generator.pid).children(recursive=True)
+    generator.terminate()  # SIGTERM, as a closed laptop's session or a job scheduler sends
+    assert generator.wait(timeout=60) != 0 and "KeyboardInterrupt" in generator.stderr.read()
+    assert not list(tmp_path.glob(".partial-*"))
+    gone, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive

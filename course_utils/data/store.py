@@ -52,14 +52,14 @@ def worker_pool(max_workers: int | None = None) -> Iterator[ProcessPoolExecutor]
     """Worker processes for a generator (one per core, at most 8) that never outlive it.
 
     A killed parent's workers exit by themselves; an interrupted parent (Ctrl-C, SIGTERM) cancels the jobs
-    not yet started instead of waiting for them.
+    not yet started and waits only for those running, so nothing writes into a folder after it is removed.
     """
     workers = max_workers or min(os.cpu_count() or 1, 8)
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),))
     try:
         yield pool
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(cancel_futures=True)
         raise
     pool.shutdown()
 
