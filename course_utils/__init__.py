@@ -3,6 +3,7 @@
 from course_utils.config import (
     by_mode,
     checkpoint_dir,
+    course_seed,
     data_dir,
     get_device,
     get_mode,
@@ -10,14 +11,17 @@ from course_utils.config import (
     seed_everything,
     setup_notebook,
 )
-from course_utils.report import save_results
+from course_utils.report import compare, make_claim, save_results
 
 __all__ = [
     "by_mode",
     "checkpoint_dir",
+    "compare",
+    "course_seed",
     "data_dir",
     "get_device",
     "get_mode",
+    "make_claim",
     "results_dir",
     "save_results",
     "seed_everything",

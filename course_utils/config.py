@@ -102,6 +102,18 @@ def get_mode() -> str:
     return value
 
 
+def course_seed() -> int:
+    """The seed of a course run from ``COURSE_SEED`` (default 0): it sets every notebook's data and training seeds.
+
+    Raises:
+        ValueError: if ``COURSE_SEED`` is not a non-negative whole number.
+    """
+    value = os.environ.get("COURSE_SEED", "").strip() or "0"
+    if not value.isdigit():
+        raise ValueError(f"COURSE_SEED={value!r} is not a seed; use a whole number >= 0 (for example COURSE_SEED=1).")
+    return int(value)
+
+
 def by_mode(mode: str, *, smoke: T, lite: T, full: T) -> T:
     """Pick the value for ``mode``: the parameters cell's one way to scale a notebook."""
     if mode not in MODES:
@@ -179,14 +191,16 @@ class NotebookRun:
         return time.perf_counter() - self.started
 
 
-def setup_notebook(notebook: str, seed: int = 0, mode: str | None = None) -> NotebookRun:
+def setup_notebook(notebook: str, seed: int | None = None, mode: str | None = None) -> NotebookRun:
     """Start a notebook: read the mode, choose the device, seed everything, print the set-up.
 
     Args:
         notebook: the notebook's file stem, e.g. ``"00_welcome"``; names its results file.
-        seed: the seed for Python, NumPy and PyTorch.
+        seed: the seed for Python, NumPy and PyTorch; default :func:`course_seed` (``COURSE_SEED``). Derive
+            the notebook's data and training seeds from ``run.seed``.
         mode: overrides ``COURSE_MODE`` (mostly for tests).
     """
+    seed = course_seed() if seed is None else seed
     run = NotebookRun(notebook=notebook, mode=mode or get_mode(), device=get_device(), seed=seed)
     seed_everything(seed)
     versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())

@@ -1,13 +1,24 @@
-"""Record a notebook's headline numbers in ``results/<notebook>.json`` and read them back as a table."""
+"""A notebook's lessons as measured claims, and its headline numbers in ``results/<notebook>.json``.
+
+A lesson is a claim the notebook measures, never one it asserts ("the U-Net beats the random forest on edge
+F1"). :func:`compare` measures it on the test units both sides were scored on (chips, patches, parcels,
+pixel blocks; and seeds, where there are several): the effect, a 95 % paired-bootstrap interval and a
+verdict, *holds* (the interval lies above zero), *reversed* (below zero) or *inconclusive* (it contains
+zero). The sentence that interprets a result is printed from the verdict (:meth:`Claim.report`), so the
+notebook never says more than its numbers. :func:`save_results` writes the claims with the metrics.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from course_utils.config import NotebookRun, device_name, results_dir
@@ -27,7 +38,127 @@ def peak_ram_mib() -> int | None:
     return round(peak / 2**20 if sys.platform == "darwin" else peak / 2**10)  # bytes on macOS, KiB on Linux
 
 
-def save_results(run: NotebookRun, metrics: dict[str, float], headline: str) -> Path:
+VERDICTS = ("holds", "reversed", "inconclusive")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A lesson measured: ``effect`` (claimed-better side minus the other) with its 95 % interval ``ci``.
+
+    ``unconverged`` marks a claim built on a run still improving at its last epoch (:attr:`History.converged`).
+    """
+
+    id: str
+    statement: str
+    effect: float
+    ci: tuple[float, float]
+    verdict: str
+    headline: bool = False
+    unconverged: bool = False
+
+    def report(self, holds: str, reversed: str, inconclusive: str) -> str:
+        """Print and return the claim's line and the interpretation its verdict calls for.
+
+        ``holds``/``reversed``/``inconclusive``: what to conclude in each case; only the one that applies is shown.
+        """
+        low, high = self.ci
+        note = " (built on a run still improving at its last epoch)" if self.unconverged else ""
+        conclusion = {"holds": holds, "reversed": reversed, "inconclusive": inconclusive}[self.verdict]
+        text = (f"[{self.verdict}] {self.statement}: effect {self.effect:+.3f}, "
+                f"95 % interval [{low:+.3f}, {high:+.3f}]{note}\n  -> {conclusion}")  # fmt: skip
+        print(text)
+        return text
+
+
+def verdict(ci: tuple[float, float]) -> str:
+    """``holds`` when the interval lies above zero, ``reversed`` below zero, ``inconclusive`` otherwise."""
+    low, high = ci
+    return "holds" if low > 0 else "reversed" if high < 0 else "inconclusive"
+
+
+def make_claim(
+    id: str, statement: str, effect: float, ci: tuple[float, float], *, headline: bool = False,
+    unconverged: bool = False,
+) -> Claim:  # fmt: skip
+    """A claim from an effect and an interval computed elsewhere (e.g. over seeds only)."""
+    low, high = float(ci[0]), float(ci[1])
+    if not all(math.isfinite(v) for v in (effect, low, high)) or low > high:
+        raise ValueError(f"claim {id!r}: effect {effect} and interval [{low}, {high}] must be finite, low <= high")
+    return Claim(id, statement, float(effect), (low, high), verdict((low, high)), headline, unconverged)
+
+
+def compare(
+    id: str,
+    statement: str,
+    better: Sequence[Any] | np.ndarray,
+    other: Sequence[Any] | np.ndarray,
+    *,
+    statistic: Callable[[np.ndarray], float] | None = None,
+    lower_is_better: bool = False,
+    headline: bool = False,
+    unconverged: bool = False,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> Claim:
+    """Measure "``better`` beats ``other``" on the same test units with a paired bootstrap.
+
+    Args:
+        id, statement: a short name and the lesson in words, e.g. ``"unet_vs_forest"``, ``"the U-Net beats
+            the random forest on edge F1"``.
+        better, other: per-unit results of the two sides, the same units in the same order: ``[units, ...]``
+            (e.g. per-chip scores, or per-chip confusion matrices), or ``[seeds, units, ...]`` for several
+            training seeds evaluated on the same units (pass a 3-D array, or a list of per-seed arrays).
+        statistic: the metric of a set of units (default: the mean over axis 0); e.g.
+            ``lambda cms: mean_iou(cms.sum(0))`` for a pooled IoU of per-chip confusion matrices.
+        lower_is_better: the metric is an error (a loss, an RMSE): the effect is ``other - better``.
+        headline: one of the notebook's main lessons.
+        unconverged: a side was still improving at its last epoch.
+        resamples, seed: the bootstrap's draws and random seed.
+
+    Each draw resamples the units (the same units for both sides: paired) and, with several seeds, the seeds;
+    the effect of a draw is the mean over its seeds of ``statistic(better) - statistic(other)``.
+    """
+    a, b = _by_seed(better), _by_seed(other)
+    if a.shape != b.shape:
+        raise ValueError(f"claim {id!r}: both sides must be scored on the same units, got {a.shape} and {b.shape}")
+    if a.shape[1] < 2:
+        raise ValueError(f"claim {id!r}: {a.shape[1]} test unit(s) cannot give an interval; score more units.")
+    metric = statistic or (lambda values: float(np.mean(values, axis=0)))
+    sign = -1.0 if lower_is_better else 1.0
+
+    def effect(seeds: np.ndarray, units: np.ndarray) -> float:
+        return sign * float(np.mean([metric(a[s][units]) - metric(b[s][units]) for s in seeds]))
+
+    seeds_all, units_all = np.arange(a.shape[0]), np.arange(a.shape[1])
+    rng = np.random.default_rng(seed)
+    draws = [
+        effect(rng.choice(seeds_all, len(seeds_all)) if len(seeds_all) > 1 else seeds_all,
+               rng.choice(units_all, len(units_all)))
+        for _ in range(resamples)
+    ]  # fmt: skip
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return make_claim(id, statement, effect(seeds_all, units_all), (low, high), headline=headline,
+                      unconverged=unconverged)  # fmt: skip
+
+
+def _by_seed(values: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """``[seeds, units, ...]`` from per-unit results of one run or a list of runs."""
+    array = np.asarray(values, dtype=np.float64)
+    if isinstance(values, list | tuple) and len(values) and np.ndim(values[0]) >= 1 and array.ndim >= 2:
+        return array  # a list of per-seed arrays
+    return array[None]
+
+
+def claims_held(claims: Sequence[dict[str, Any]], headline_only: bool = False) -> tuple[int, int]:
+    """``(held, total)`` over recorded claims (``"verdict" == "holds"``)."""
+    chosen = [c for c in claims if c.get("headline") or not headline_only]
+    return sum(c["verdict"] == "holds" for c in chosen), len(chosen)
+
+
+
+def save_results(
+    run: NotebookRun, metrics: dict[str, float], headline: str, claims: Sequence[Claim] = ()
+) -> Path:
     """Write the notebook's results file and return its path.
 
     Args:
@@ -35,6 +166,7 @@ def save_results(run: NotebookRun, metrics: dict[str, float], headline: str) -> 
         metrics: the measured numbers, by name (finite floats or ints).
         headline: one line for the course table, e.g. ``"U-Net IoU 0.71 vs NDVI threshold 0.42"``;
             it must compare the result with the notebook's own baseline.
+        claims: the notebook's lessons as measured claims (:func:`compare`); ids must be unique.
 
     The file is written to a temporary name and renamed, so a reader never sees half a file.
     """
@@ -46,6 +178,9 @@ def save_results(run: NotebookRun, metrics: dict[str, float], headline: str) -> 
         clean[name] = number
     if not headline.strip():
         raise ValueError("headline is empty; say what was measured and against which baseline.")
+    ids = [claim.id for claim in claims]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"claim ids must be unique, got {ids}")
     record: dict[str, Any] = {
         "notebook": run.notebook,
         "mode": run.mode,
@@ -54,6 +189,7 @@ def save_results(run: NotebookRun, metrics: dict[str, float], headline: str) -> 
         "seconds": round(run.elapsed(), 1),
         "headline": headline.strip(),
         "metrics": clean,
+        "claims": [asdict(claim) | {"ci": list(claim.ci)} for claim in claims],
         "peak_ram_mib": peak_ram_mib(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -74,14 +210,27 @@ def load_results(folder: Path | None = None) -> list[dict[str, Any]]:
 
 
 def results_table(records: list[dict[str, Any]]) -> str:
-    """A plain-text table: notebook, mode, device, minutes, headline result."""
-    header = ("notebook", "mode", "device", "minutes", "headline result")
-    rows = [
-        (r["notebook"], r["mode"], r["device"], f"{r['seconds'] / 60:.1f}", r["headline"]) for r in records
-    ]
+    """A plain-text table: notebook, mode, device, seed, minutes, headline result, claims held."""
+    header = ("notebook", "mode", "device", "seed", "minutes", "claims held", "headline result")
+    rows = []
+    for r in records:
+        held, total = claims_held(r.get("claims", []))
+        rows.append((r["notebook"], r["mode"], r["device"], str(r.get("seed", "")), f"{r['seconds'] / 60:.1f}",
+                     f"{held}/{total}" if total else "none", r["headline"]))  # fmt: skip
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def claims_not_held(records: list[dict[str, Any]]) -> list[str]:
+    """One line per recorded claim whose verdict is not *holds*: notebook, verdict, statement, interval."""
+    return [
+        f"{r['notebook']}: [{c['verdict']}]{' (headline)' if c.get('headline') else ''} {c['statement']} "
+        f"(effect {c['effect']:+.3f}, 95 % interval [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}])"
+        for r in records
+        for c in r.get("claims", [])
+        if c["verdict"] != "holds"
+    ]

@@ -248,6 +248,14 @@ class History:
         """The record of the best epoch."""
         return next(r for r in self.records if r["epoch"] == self.best_epoch)
 
+    @property
+    def converged(self) -> bool:
+        """Whether the monitored value had stopped improving: the best epoch is not the last one run.
+
+        ``False`` means the run was still improving when it ended; train longer before drawing conclusions.
+        """
+        return bool(self.records) and self.best_epoch < self.records[-1]["epoch"]
+
 
 def _save_atomic(payload: Any, path: Path) -> None:
     with atomic_path(path) as tmp:

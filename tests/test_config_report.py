@@ -113,3 +113,73 @@ def test_peak_ram_counts_a_large_allocation() -> None:
     after = report.peak_ram_mib()
     assert after >= 300, f"peak {after} MiB after holding 300 MiB"
     assert after >= before
+
+
+def test_course_seed_from_the_environment(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("COURSE_SEED", raising=False)
+    assert config.course_seed() == 0
+    monkeypatch.setenv("COURSE_SEED", " 2 ")
+    assert config.course_seed() == 2 and config.setup_notebook("99_test", mode="smoke").seed == 2
+    assert "seed=2" in capsys.readouterr().out
+    monkeypatch.setenv("COURSE_SEED", "-1")
+    with pytest.raises(ValueError, match="COURSE_SEED"):
+        config.course_seed()
+
+
+def test_a_clear_win_holds_and_its_reverse_is_reversed() -> None:
+    rng = np.random.default_rng(0)
+    other = rng.uniform(0.3, 0.5, 200)
+    better = other + 0.05 + rng.normal(0, 0.02, 200)  # paired: the same units, a consistent gain
+    claim = report.compare("gain", "A beats B", better, other, headline=True)
+    assert claim.verdict == "holds" and claim.effect == pytest.approx(0.05, abs=0.01)
+    assert 0 < claim.ci[0] < claim.effect < claim.ci[1] and claim.headline
+    assert report.compare("gain", "B beats A", other, better).verdict == "reversed"
+    assert report.compare("err", "A has the smaller error", other, better, lower_is_better=True).verdict == "holds"
+
+
+def test_noise_is_inconclusive_and_pairing_matters() -> None:
+    rng = np.random.default_rng(1)
+    units = rng.uniform(0, 1, 60)  # units differ a lot; the two sides differ by a small consistent amount
+    assert report.compare("tiny", "A beats B", units + rng.normal(0, 0.3, 60), units).verdict == "inconclusive"
+    paired = report.compare("paired", "A beats B", units + 0.02, units)
+    assert paired.verdict == "holds" and paired.ci[1] - paired.ci[0] < 1e-9  # a constant gain: no spread at all
+
+
+def test_compare_pools_a_metric_and_resamples_seeds() -> None:
+    per_chip = np.zeros((20, 2, 2))  # per-chip confusion matrices: the statistic pools them
+    per_chip[:, 0, 0], per_chip[:, 1, 1], per_chip[:, 0, 1] = 10, 10, 1
+    accuracy = lambda cms: float(np.trace(cms.sum(0)) / cms.sum())  # noqa: E731
+    worse = per_chip.copy()
+    worse[:, 0, 1] = 5
+    claim = report.compare("pooled", "A is more accurate", per_chip, worse, statistic=accuracy)
+    assert claim.verdict == "holds" and claim.effect == pytest.approx(21 / 21 * 20 / 21 - 20 / 25, abs=1e-9)
+    seeds = [np.full(30, 0.6), np.full(30, 0.4)]  # two seeds disagree: +0.1 and -0.1 against 0.5
+    across = report.compare("seeds", "A beats B", seeds, [np.full(30, 0.5)] * 2)
+    assert across.verdict == "inconclusive" and across.ci == (pytest.approx(-0.1), pytest.approx(0.1))
+    with pytest.raises(ValueError, match="same units"):
+        report.compare("bad", "x", np.ones(5), np.ones(6))
+    with pytest.raises(ValueError, match="cannot give an interval"):
+        report.compare("one", "x", np.ones(1), np.ones(1))
+
+
+def test_claims_are_saved_reported_and_counted(results_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = config.NotebookRun(notebook="99_test", mode="smoke", device=torch.device("cpu"), seed=4)
+    held = report.make_claim("a", "A beats B", 0.1, (0.05, 0.15), headline=True)
+    flat = report.make_claim("b", "C beats D", 0.0, (-0.02, 0.03), unconverged=True)
+    text = flat.report(holds="C is better.", reversed="D is better.", inconclusive="No difference shows.")
+    assert "[inconclusive]" in text and "No difference shows." in text and "C is better" not in text
+    assert "still improving" in text
+    record = json.loads(report.save_results(run, {"x": 1}, "h", claims=[held, flat]).read_text())
+    assert record["seed"] == 4 and record["claims"][0] == {
+        "id": "a", "statement": "A beats B", "effect": 0.1, "ci": [0.05, 0.15], "verdict": "holds",
+        "headline": True, "unconverged": False,
+    }  # fmt: skip
+    table = report.results_table(report.load_results())
+    assert "1/2" in table and "claims held" in table
+    assert report.claims_not_held(report.load_results()) == [
+        "99_test: [inconclusive] C beats D (effect +0.000, 95 % interval [-0.020, +0.030])"
+    ]
+    with pytest.raises(ValueError, match="unique"):
+        report.save_results(run, {"x": 1}, "h", claims=[held, held])
+    with pytest.raises(ValueError, match="finite"):
+        report.make_claim("c", "x", float("nan"), (0, 1))

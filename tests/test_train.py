@@ -294,3 +294,9 @@ def test_load_or_train_keys_the_file_by_its_recipe(tmp_path: Path, capsys: pytes
     assert recipe_key({"a": 1, "b": 2}) == recipe_key({"b": 2, "a": 1})
     with pytest.raises(TypeError, match="recipe holds"):
         recipe_key({"lr": float("nan")})
+
+
+def test_history_says_whether_the_run_was_still_improving() -> None:
+    improving = History(records=[{"epoch": 1}, {"epoch": 2}], best_epoch=2)
+    settled = History(records=[{"epoch": 1}, {"epoch": 2}, {"epoch": 3}], best_epoch=2)
+    assert not improving.converged and settled.converged and not History().converged

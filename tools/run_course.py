@@ -4,7 +4,8 @@
 
 Executed copies go to build/executed/ (git-ignored); each notebook runs with that folder as its
 working directory, which also shows that no notebook depends on where it is started from.
-Each notebook records its headline numbers in results/<notebook>.json; the table is printed from there.
+Each notebook records its headline numbers and claims in results/<notebook>.json; the table (with claims held
+per notebook) and every claim that did not hold are printed from there. COURSE_SEED (default 0) sets the seed.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from course_utils.config import device_name, get_device, get_mode, repo_root, results_dir
-from course_utils.report import load_results, results_table
+from course_utils.config import course_seed, device_name, get_device, get_mode, repo_root, results_dir
+from course_utils.report import claims_not_held, load_results, results_table
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 EXECUTED = Path(__file__).resolve().parent.parent / "build" / "executed"
@@ -46,7 +47,7 @@ def main(names: list[str]) -> int:
         print(f"no such notebook: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
     EXECUTED.mkdir(parents=True, exist_ok=True)
-    print(f"mode={get_mode()} device={device_name(get_device())} repo={repo_root()}")
+    print(f"mode={get_mode()} seed={course_seed()} device={device_name(get_device())} repo={repo_root()}")
     failed = []
     for path in paths:
         print(f"running {path.name} ...", flush=True)
@@ -58,6 +59,9 @@ def main(names: list[str]) -> int:
     records = [r for r in load_results() if r["notebook"] in ran]
     print()
     print(results_table(records) if records else f"no results recorded in {results_dir()}")
+    not_held = claims_not_held(records)
+    if not_held:
+        print("\nclaims that did not hold:\n  " + "\n  ".join(not_held))
     silent = sorted(ran - {r["notebook"] for r in records})
     if silent:
         print(f"\nno results file from: {', '.join(silent)}")
