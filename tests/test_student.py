@@ -95,3 +95,23 @@ def test_write_if_changed_leaves_an_identical_file_alone(tmp_path):
     assert nbformat.read(target, as_version=4).cells[3].source == "# Exercise 1: a"
     assert tool.write_if_changed(nb, target) is False
     assert list(target.parent.iterdir()) == [target], "no temporary file may be left behind"
+
+
+def test_check_catches_a_measured_number_typed_after_a_result_cell():
+    def after_result(prose: str) -> list[str]:
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell("print(score)"), nbformat.v4.new_markdown_cell(prose)]
+        return tool.typed_results(nb)
+
+    assert after_result("The U-Net reaches an edge F1 of 0.72, well above the forest.")
+    assert after_result("So the mIoU improves\nto 0.61 with augmentation.")  # a sentence over two lines
+    assert after_result("Accuracy is 0.91 here.")
+    for fine in ("ben-ge reports 77.1 F1 for Sentinel-2 (Si-Mohamed et al., 2025).",  # cited
+                 "A match needs IoU above 0.5.",  # a criterion, not a result
+                 "Loss with label smoothing 0.1.",  # a setting
+                 "The score is $0.5 \\cdot (a + b)$ and `f1 = 0.5` in code.",  # math and code
+                 "Compare the two rows: which model has the higher F1?"):  # a question, no number
+        assert after_result(fine) == [], fine
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Intro"), nbformat.v4.new_markdown_cell("F1 of 0.72 is typical.")]
+    assert tool.typed_results(nb) == []  # not after a result cell

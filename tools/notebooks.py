@@ -39,6 +39,16 @@ SOLUTION_TAG = "solution"
 MIN_EXERCISES = 3
 SOLUTION_LINE = re.compile(r"#\s*Exercise\s+(\d+)\s*:")
 EXERCISE_TITLE = re.compile(r"\*\*Exercise\s+(\d+)\b([^*]*)\*\*")
+# A measured number typed into prose: a decimal in a sentence that names a metric and cites nothing, unless
+# the words just before it make it a setting ("IoU above 0.5", "label smoothing 0.1", "try 0.01").
+DECIMAL = re.compile(r"(?<![\w.:])\d+\.\d+(?![\w.])")
+METRIC = re.compile(r"\b(accuracy|m?IoU|F1|RMSE|MSE|MAE|R\^?2|AUC|kappa|loss|score[sd]?|error)\b", re.I)
+CITATION = re.compile(r"et al\.|\b(19|20)\d\d[a-z]?\b")
+SETTING_BEFORE = re.compile(
+    r"\b(above|below|threshold|criterion|at least|at most|set|try|smoothing|rate|ratio|momentum|decay|dropout"
+    r")s?(\s+(of|to|at|is|=))?(\W*\d+(\.\d+)?,?(\s+and|\s+or)?)*\W*$",  # also the rest of a list of settings
+    re.I,
+)
 
 
 def course_notebooks() -> list[Path]:
@@ -148,7 +158,27 @@ def problems(nb: nbformat.NotebookNode, name: str) -> list[str]:
         found.append("the setup cell's REPOSITORY_URL is missing or stale: run `python tools/notebooks.py sync`")
     if not any(re.search(r'setup_notebook\(\s*"' + re.escape(Path(name).stem) + '"', c.source) for c in nb.cells):
         found.append(f'no setup_notebook("{Path(name).stem}") call')
-    return found + exercise_problems(nb)
+    return found + exercise_problems(nb) + typed_results(nb)
+
+
+def typed_results(nb: nbformat.NotebookNode) -> list[str]:
+    """Measured numbers typed into a markdown cell right after a result (code) cell, without a citation.
+
+    Such numbers go wrong at another seed, mode or dataset; print them from the results instead, or
+    phrase the question ("does the U-Net beat the forest?") and let the claim's verdict answer it.
+    Math (``$...$``), inline code and link targets are not prose and are skipped.
+    """
+    found = []
+    for index, cell in enumerate(nb.cells[1:], 1):
+        if cell.cell_type != "markdown" or nb.cells[index - 1].cell_type != "code":
+            continue
+        prose = re.sub(r"\$\$.*?\$\$|\$[^$\n]*\$|`[^`\n]*`|\]\([^)]*\)", " ", cell.source, flags=re.S)
+        for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])", prose.replace("\n", " ")):
+            measured = [m for m in DECIMAL.finditer(sentence) if not SETTING_BEFORE.search(sentence[: m.start()])]
+            if measured and METRIC.search(sentence) and not CITATION.search(sentence):
+                found.append(f"markdown cell {index} types a measured number after a result cell: "
+                             f"{sentence.strip()[:100]!r}; print it from the results, or cite its source")  # fmt: skip
+    return found
 
 
 def exercise_problems(nb: nbformat.NotebookNode) -> list[str]:
