@@ -8,13 +8,18 @@ weight that fades towards each tile's border (a model is least sure near the bor
 sees the least context) and writes the finished rows while the next ones are computed.
 
 The helpers work on real data of any size, CRS, dtype and band count, and fail with an error that
-says what to do. Band numbers follow rasterio: the first band is 1.
+says what to do. Band numbers follow rasterio: the first band is 1. Products that ship each band as
+its own file at its own resolution (Sentinel-2's 10, 20 and 60 m bands) are stacked onto one grid by
+:func:`stack_bands`.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import warnings
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import groupby
 from pathlib import Path
@@ -23,11 +28,17 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import rasterio
+import shapely
 import torch
+from pyogrio.errors import DataSourceError
 from rasterio import features
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.transform import array_bounds
+from rasterio.warp import reproject
 from rasterio.windows import Window
 from scipy import ndimage
-from shapely.geometry import shape
+from shapely.geometry import MultiPolygon, box, shape
 
 from course_utils.config import get_device
 from course_utils.files import atomic_path
@@ -39,6 +50,68 @@ NON_FIELD, FIELD_INTERIOR, FIELD_EDGE = 0, 1, 2
 LABEL_NODATA = 255
 
 PREDICTION_OUTPUTS = ("labels", "probabilities")
+
+#: :func:`read_raster` refuses to read more than this fraction of the memory available.
+MEMORY_FRACTION = 0.5
+
+#: Vector files that :func:`read_fields` finds inside a zip archive.
+VECTOR_SUFFIXES = (".gpkg", ".shp", ".geojson", ".fgb", ".kml", ".gml")
+
+#: Raster files that :func:`stack_bands` looks at.
+BAND_FILE_SUFFIXES = (".tif", ".tiff", ".jp2")
+
+
+def _open(path: Path) -> rasterio.DatasetReader:
+    """Open a raster for reading, with errors that name the file and say what to do."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no raster at {path}; check the path (relative paths start at {Path.cwd()}).")
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as err:
+        raise _unreadable(path, err) from err
+
+
+def _unreadable(path: str | os.PathLike, err: Exception) -> RasterioIOError:
+    """The error for a raster that GDAL cannot decode."""
+    return RasterioIOError(
+        f"cannot read {path}: the file is damaged or incomplete (an interrupted download, copy or write), or not "
+        f"a raster GDAL reads; download or regenerate it. (GDAL: {err})"
+    )
+
+
+def _read(
+    src: rasterio.DatasetReader, indexes: list[int], window: Window | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Bands ``indexes`` of ``src`` in ``window`` (default: all of it), and the pixels ``[h, w]`` that the file's
+    mask band (a GDAL internal or ``.msk`` mask, or an alpha band) marks invalid; ``None`` when it has no mask band."""
+    has_mask_band = any({MaskFlags.per_dataset, MaskFlags.alpha} & set(src.mask_flag_enums[i - 1]) for i in indexes)
+    try:
+        data = src.read(indexes, window=window)
+        masked = (src.read_masks(indexes, window=window) == 0).any(axis=0) if has_mask_band else None
+    except RasterioIOError as err:
+        raise _unreadable(src.name, err) from err
+    return data, masked
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available now, or ``None`` when psutil (which Jupyter installs) is missing."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.virtual_memory().available
+
+
+def _check_fits_in_memory(n_bytes: int, what: str) -> None:
+    """Refuse to allocate ``n_bytes`` for ``what`` when that is more than :data:`MEMORY_FRACTION` of the memory free."""
+    available = _available_memory()
+    if available is not None and n_bytes > MEMORY_FRACTION * available:
+        raise MemoryError(
+            f"{what} takes {n_bytes / 2**30:.1f} GiB, more than {MEMORY_FRACTION:.0%} of the "
+            f"{available / 2**30:.1f} GiB of memory available: read fewer bands (bands=[...]), read it in windows "
+            "(with rasterio.open(path) as src: src.read(window=w) for w in geo.iter_windows(...)), or run a model "
+            "over it with geo.predict_raster, which reads it tile by tile."
+        )
 
 
 def _band_indexes(src: rasterio.DatasetReader, bands: Sequence[int] | None) -> list[int]:
@@ -64,20 +137,38 @@ def read_raster(path: str | os.PathLike, bands: Sequence[int] | None = None) -> 
 
     Returns:
         ``(array, profile)``; the array keeps the file's dtype, ``profile["count"]`` matches it.
-        Nodata pixels are left as stored; ``profile["nodata"]`` says which value marks them.
+        Nodata pixels are left as stored; ``profile["nodata"]`` says which value marks them
+        (:func:`nodata_mask` finds them). Pixels that the file's mask band marks invalid are set to the
+        nodata value; a float raster without one gets NaN (and ``profile["nodata"]`` NaN); an integer
+        raster without one keeps them as stored, with a warning.
 
     Raises:
         FileNotFoundError: if there is no file at ``path``.
         ValueError: if a band number does not exist (the message gives the file's band count).
+        MemoryError: if the array would take more than :data:`MEMORY_FRACTION` of the available memory
+            (the message says how to read less).
+        rasterio.errors.RasterioIOError: for a damaged or incomplete file (the message names it).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no raster at {path}; check the path (relative paths start at {Path.cwd()}).")
-    with rasterio.open(path) as src:
+    with _open(path) as src:
         indexes = _band_indexes(src, bands)
-        array = src.read(indexes)
+        dtype = np.dtype(src.dtypes[indexes[0] - 1])
+        _check_fits_in_memory(len(indexes) * src.height * src.width * dtype.itemsize, f"reading {path.name}")
+        array, masked = _read(src, indexes)
         profile = dict(src.profile)
     profile["count"] = len(indexes)
+    if masked is not None and masked.any():
+        if profile["nodata"] is None and np.issubdtype(array.dtype, np.floating):
+            profile["nodata"] = np.nan
+        if profile["nodata"] is None:
+            warnings.warn(
+                f"{path.name}'s mask band marks {int(masked.sum())} pixels invalid, but the file has no nodata value "
+                f"to give them in {array.dtype}: they are left as stored; get them with "
+                "rasterio.open(path).dataset_mask() == 0",
+                stacklevel=2,
+            )
+        else:
+            array[:, masked] = profile["nodata"]
     return array, profile
 
 
@@ -94,15 +185,23 @@ def write_raster(path: str | os.PathLike, array: np.ndarray, profile: Mapping[st
     meta = {k: v for k, v in profile.items() if k not in ("blockxsize", "blockysize", "tiled")}
     meta.update(driver="GTiff", count=data.shape[0], height=data.shape[1], width=data.shape[2], dtype=data.dtype.name)
     meta.setdefault("compress", "deflate")
-    if meta.get("nodata") is not None and not np.can_cast(np.min_scalar_type(meta["nodata"]), data.dtype):
-        meta["nodata"] = None  # e.g. a float nodata on an integer label raster
+    meta["nodata"] = _nodata_for(meta.get("nodata"), data.dtype)
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **meta) as dst:
         dst.write(data)
     return path
 
 
+def _nodata_for(nodata: float | None, dtype: np.dtype) -> float | int | None:
+    """``nodata`` as a value of ``dtype``: rasterio reports it as a float (0.0 for a uint16 raster), so an integer
+    raster keeps a whole number that fits its range; ``None`` when it cannot hold it (NaN or -9999 on uint8 labels)."""
+    if nodata is None or not np.issubdtype(dtype, np.integer):
+        return nodata
+    limits = np.iinfo(dtype)
+    return int(nodata) if float(nodata).is_integer() and limits.min <= nodata <= limits.max else None
+
+
 def nodata_mask(array: np.ndarray, profile: Mapping[str, Any]) -> np.ndarray:
-    """Pixels of ``array`` (``[bands, H, W]``) where any band equals ``profile["nodata"]`` or is NaN.
+    """Pixels of ``array`` (``[bands, H, W]``) where any band equals ``profile["nodata"]``, is NaN or is infinite.
 
     Returns:
         ``bool`` array ``[H, W]``.
@@ -112,20 +211,107 @@ def nodata_mask(array: np.ndarray, profile: Mapping[str, Any]) -> np.ndarray:
     if nodata is not None and not np.isnan(nodata):
         invalid |= (array == nodata).any(axis=0)
     if np.issubdtype(array.dtype, np.floating):
-        invalid |= np.isnan(array).any(axis=0)
+        invalid |= (~np.isfinite(array)).any(axis=0)
     return invalid
 
 
-def read_fields(source: str | os.PathLike | gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+def stack_bands(
+    folder: str | os.PathLike,
+    bands: Sequence[str],
+    *,
+    reference: str | None = None,
+    resampling: Resampling = Resampling.nearest,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Stack a product's single-band files (Sentinel-2's 10, 20 and 60 m bands) onto one grid, in ``bands`` order.
+
+    Each name picks the raster under ``folder`` (searched recursively: .tif, .tiff, .jp2) that has it as a
+    part of its name, case-insensitively: ``"B8A"`` picks ``T33UVP_20230601T100559_B8A_20m.jp2`` and ``"B08"``
+    does not. When several files hold a band (Sentinel-2 L2A stores B02 at 10, 20 and 60 m), the finest is
+    taken. Every band is resampled onto the grid of ``reference``. The order is the caller's, never a sorted
+    listing (which would put B8A after B12).
+
+    Args:
+        folder: the product's folder, e.g. a ``.SAFE`` folder.
+        bands: band names, e.g. ``["B02", "B03", "B04", "B08", "B8A", "B11"]``.
+        reference: the band whose grid (CRS, transform, size) the stack gets; default: the finest one (the first
+            of those as fine).
+        resampling: how the other bands are resampled; ``nearest`` (the default) keeps the measured values,
+            ``bilinear`` is smoother, ``average`` suits a coarser reference.
+
+    Returns:
+        ``(array [len(bands), H, W], profile)`` on the reference grid, with the reference band's nodata.
+
+    Raises:
+        FileNotFoundError: for a band that no file's name holds.
+        ValueError: for no or repeated band names, a ``reference`` not among them, a band in several files of the
+            same resolution (two products in ``folder``) or a file with more than one band.
+        MemoryError: if the stack would take more than :data:`MEMORY_FRACTION` of the available memory.
+    """
+    folder = Path(folder)
+    if not bands or len(set(bands)) != len(bands):
+        raise ValueError(f"give each band name once, e.g. bands=['B02', 'B03', 'B04', 'B08']; got {list(bands)}")
+    if reference is not None and reference not in bands:
+        raise ValueError(f"reference {reference!r} is not one of the bands {list(bands)}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in BAND_FILE_SUFFIXES)
+    layers = {name: read_raster(_band_file(folder, files, name)) for name in bands}
+    reference = reference or min(bands, key=lambda name: abs(layers[name][1]["transform"].a))
+    grid = layers[reference][1]
+    dtype = np.result_type(*(array.dtype for array, _ in layers.values()))
+    _check_fits_in_memory(len(bands) * grid["height"] * grid["width"] * dtype.itemsize, f"stacking {len(bands)} bands")
+    stack = np.zeros((len(bands), grid["height"], grid["width"]), dtype)
+    for band, (array, profile) in zip(stack, layers.values(), strict=True):
+        reproject(
+            array[0],
+            band,
+            src_transform=profile["transform"],
+            src_crs=profile["crs"],
+            src_nodata=profile["nodata"],
+            dst_transform=grid["transform"],
+            dst_crs=grid["crs"],
+            dst_nodata=grid["nodata"],
+            resampling=resampling,
+        )
+    return stack, {**grid, "count": len(bands), "dtype": dtype.name}
+
+
+def _band_file(folder: Path, files: list[Path], name: str) -> Path:
+    """The file among ``files`` whose name has the part ``name``; the one with the finest pixels when several have."""
+    matches = [p for p in files if name.casefold() in re.split(r"[^0-9a-z]+", p.stem.casefold())]
+    if not matches:
+        raise FileNotFoundError(
+            f"no raster under {folder} has {name!r} in its name (as in T33UVP_20230601T100559_{name}_10m.jp2; "
+            f"{len(files)} raster files there): check the band name and the folder."
+        )
+    pixel = {}
+    for path in matches:
+        with _open(path) as src:
+            if src.count != 1:
+                raise ValueError(f"{path} has {src.count} bands; stack_bands stacks single-band files")
+            pixel[path] = abs(src.res[0])
+    finest = [p for p in matches if pixel[p] == min(pixel.values())]
+    if len(finest) > 1:
+        raise ValueError(
+            f"band {name} is in {len(finest)} files of the same resolution under {folder}: "
+            f"{', '.join(str(p.relative_to(folder)) for p in finest)}; pass the folder of one product."
+        )
+    return finest[0]
+
+
+def read_fields(source: str | os.PathLike | gpd.GeoDataFrame, layer: str | None = None) -> gpd.GeoDataFrame:
     """Field polygons from a vector file or a GeoDataFrame.
 
     Reads what GDAL reads (GeoPackage, Shapefile, GeoJSON, FlatGeobuf), GeoParquet, and zip archives
-    of these (pass the ``.zip`` path; GDAL opens it through ``/vsizip/``). Empty and non-polygonal
-    geometries are dropped, with a warning that counts them.
+    holding one of these (pass the ``.zip`` path). GeometryCollections keep their polygons; empty and
+    non-polygonal geometries are dropped, with a warning that counts them.
+
+    Args:
+        source: the file, or polygons already read.
+        layer: the layer to read from a file with several (a GeoPackage); needed only then.
 
     Raises:
         FileNotFoundError: if there is no file at ``source``.
-        ValueError: if the polygons have no CRS.
+        ValueError: if the polygons have no CRS, the file has no geometry (a CSV) or is not a vector file,
+            a zip does not hold exactly one vector file, or ``layer`` is needed or does not exist.
     """
     if isinstance(source, gpd.GeoDataFrame):
         fields = source
@@ -133,14 +319,74 @@ def read_fields(source: str | os.PathLike | gpd.GeoDataFrame) -> gpd.GeoDataFram
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"no vector file at {path}; check the path (relative paths start at {Path.cwd()}).")
-        fields = gpd.read_parquet(path) if path.suffix in (".parquet", ".geoparquet") else gpd.read_file(path)
+        fields = gpd.read_parquet(path) if path.suffix in (".parquet", ".geoparquet") else _read_vector(path, layer)
     if fields.crs is None:
         raise ValueError("the field polygons have no CRS; set it first, e.g. fields.set_crs('EPSG:4326').")
+    collections = fields.geometry.geom_type == "GeometryCollection"
+    if collections.any():
+        fields = fields.copy()
+        fields.loc[collections, fields.geometry.name] = fields.geometry[collections].map(_polygon_parts)
     keep = ~(fields.geometry.isna() | fields.geometry.is_empty)
     keep &= fields.geometry.geom_type.isin(["Polygon", "MultiPolygon"])
     if (~keep).any():
         warnings.warn(f"dropped {int((~keep).sum())} empty or non-polygonal geometries", stacklevel=2)
     return fields[keep]
+
+
+def _read_vector(path: Path, layer: str | None) -> gpd.GeoDataFrame:
+    """One layer of a vector file (or of the one vector file in a zip), refusing to guess among several."""
+    target = _vector_in_zip(path) if path.suffix.lower() == ".zip" else str(path)
+    try:
+        layers = gpd.list_layers(target)
+    except DataSourceError as err:
+        raise ValueError(
+            f"{path} is not a vector file GDAL reads (GeoPackage, Shapefile, GeoJSON, FlatGeobuf, GeoParquet, or a "
+            "zip of one), or it is damaged: check the file, or download it again."
+        ) from err
+    names = layers["name"].tolist()
+    with_geometry = layers.loc[layers["geometry_type"].notna(), "name"].tolist()
+    if layer is not None and layer not in names:
+        raise ValueError(f"{path.name} has no layer {layer!r}; its layers: {', '.join(names)}.")
+    if layer is None and not with_geometry:
+        raise ValueError(
+            f"{path.name} has no geometry: a table (CSV, spreadsheet) holds no polygons or CRS. Convert it to a "
+            "GeoPackage, or read it with pandas and build the polygons from a WKT column: "
+            "gpd.GeoDataFrame(table, geometry=gpd.GeoSeries.from_wkt(table['wkt']), crs='EPSG:...')."
+        )
+    if layer is None and len(with_geometry) > 1:
+        raise ValueError(
+            f"{path.name} has {len(with_geometry)} layers with geometries ({', '.join(with_geometry)}): "
+            f"pass the one you want, e.g. read_fields(path, layer={with_geometry[0]!r})."
+        )
+    return gpd.read_file(target, layer=layer or with_geometry[0])
+
+
+def _vector_in_zip(path: Path) -> str:
+    """The GDAL path of the one vector file in the zip archive ``path`` (a Shapefile counts once)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.namelist()
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"{path} is not a readable zip archive (damaged or incomplete): download it again.") from err
+    vectors = [m for m in members if Path(m).suffix.lower() in VECTOR_SUFFIXES and not Path(m).name.startswith("._")]
+    if len(vectors) != 1:
+        held = ", ".join(vectors or members[:10]) or "nothing"
+        raise ValueError(
+            f"{path.name} holds {len(vectors)} vector files ({', '.join(VECTOR_SUFFIXES)}), not one: it holds {held}. "
+            "Extract the archive and pass the file you want to read_fields."
+        )
+    return f"/vsizip/{path.resolve().as_posix()}/{vectors[0]}"
+
+
+def _polygon_parts(geometry: shapely.Geometry) -> MultiPolygon:
+    """The polygons of a GeometryCollection (nested ones too) as one MultiPolygon, empty when it holds none."""
+    polygons = []
+    for part in shapely.get_parts(geometry):
+        if part.geom_type == "GeometryCollection":
+            part = _polygon_parts(part)
+        if part.geom_type in ("Polygon", "MultiPolygon"):
+            polygons.extend(shapely.get_parts(part))
+    return MultiPolygon(polygons)
 
 
 def rasterize_fields(
@@ -162,7 +408,8 @@ def rasterize_fields(
         ``uint8`` array ``[height, width]``.
 
     Raises:
-        ValueError: for an empty layer, a profile without CRS or a negative ``boundary_px``.
+        ValueError: for an empty layer, a profile without CRS, a negative ``boundary_px``, or polygons that
+            do not overlap the raster (the message gives both extents and CRSs).
     """
     if boundary_px < 0:
         raise ValueError(f"boundary_px must be >= 0, got {boundary_px}")
@@ -171,18 +418,26 @@ def rasterize_fields(
         raise ValueError("the polygon layer is empty: there is nothing to rasterise (check the file or the filter).")
     if profile.get("crs") is None:
         raise ValueError("the raster profile has no CRS; the polygons cannot be placed on it.")
+    source_crs, source_bounds = fields.crs.to_string(), fields.total_bounds
     if fields.crs != profile["crs"]:
-        source_crs = fields.crs.to_string()
         print(f"rasterize_fields: reprojecting {len(fields)} polygons from {source_crs} to {profile['crs']}")
         fields = fields.to_crs(profile["crs"])
-    shape_hw = (int(profile["height"]), int(profile["width"]))
+    height, width = int(profile["height"]), int(profile["width"])
     field_ids = features.rasterize(
         ((geom, i) for i, geom in enumerate(fields.geometry, start=1)),
-        out_shape=shape_hw,
+        out_shape=(height, width),
         transform=profile["transform"],
         fill=0,
         dtype="int32",
     )
+    raster_bounds = array_bounds(height, width, profile["transform"])
+    if not field_ids.any() and not fields.intersects(box(*raster_bounds)).any():
+        extent, raster = (", ".join(f"{v:.8g}" for v in bounds) for bounds in (source_bounds, raster_bounds))
+        raise ValueError(
+            f"none of the {len(fields)} polygons overlaps the raster: the polygons span ({extent}) in {source_crs}, "
+            f"the raster spans ({raster}) (west, south, east, north) in {profile['crs']}. Check that they are of "
+            "the same place and that both CRSs are right (a wrong CRS puts data elsewhere)."
+        )
     mask = (field_ids > 0).astype(np.uint8)
     if boundary_px > 0:
         size = 2 * boundary_px + 1
@@ -272,14 +527,14 @@ def iter_windows(height: int, width: int, tile: int, overlap: int = 0) -> list[W
         rasterio windows, row by row (top to bottom, left to right).
 
     Raises:
-        ValueError: for an empty raster, ``tile < 1`` or an overlap outside ``[0, tile)``.
+        ValueError: for an empty raster, ``tile < 1``, or an overlap that is negative or leaves a step
+            ``tile - overlap`` below a quarter of the tile (every pixel read more than 16 times).
     """
     if height < 1 or width < 1:
         raise ValueError(f"the raster is empty ({height} x {width} px)")
     if tile < 1:
         raise ValueError(f"tile must be >= 1 px, got {tile}")
-    if not 0 <= overlap < tile:
-        raise ValueError(f"overlap must be in [0, tile) = [0, {tile}), got {overlap}")
+    _check_overlap(tile, overlap)
 
     def offsets(size: int) -> list[int]:
         if size <= tile:
@@ -288,6 +543,20 @@ def iter_windows(height: int, width: int, tile: int, overlap: int = 0) -> list[W
 
     tile_h, tile_w = min(tile, height), min(tile, width)
     return [Window(col, row, tile_w, tile_h) for row in offsets(height) for col in offsets(width)]
+
+
+def _check_overlap(tile: int, overlap: int) -> None:
+    """Refuse an overlap that is negative or leaves a step (``tile - overlap``) below a quarter of the tile.
+
+    A smaller step reads every pixel more than 16 times (``overlap = tile - 1`` reads it ``tile**2`` times,
+    tens of thousands of windows on a scene); it is almost always a mix-up of overlap and step.
+    """
+    largest = tile - math.ceil(tile / 4)
+    if not 0 <= overlap <= largest:
+        raise ValueError(
+            f"overlap must be between 0 and {largest} px for {tile} px tiles (tiles step by tile - overlap, at "
+            f"least a quarter tile), got {overlap}; tile // 8 = {tile // 8} is usual."
+        )
 
 
 def _model_in_channels(model: torch.nn.Module) -> int | None:
@@ -304,19 +573,21 @@ def _taper(tile: int, overlap: int) -> np.ndarray:
 
 
 def _read_tile(
-    src: rasterio.DatasetReader, indexes: list[int], window: Window, margin: int, nodata: Mapping[str, Any]
+    src: rasterio.DatasetReader, indexes: list[int], window: Window, margin: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read a window of the scene padded by ``margin`` on each side, as float32; the padding is a reflection.
 
     Returns:
-        ``(tile [C, h, w], invalid [h, w])``.
+        ``(tile [C, h, w], invalid [h, w])``: invalid where :func:`nodata_mask` or the file's mask band says so.
     """
     top, left = int(window.row_off) - margin, int(window.col_off) - margin
     height, width = int(window.height), int(window.width)
     rows = (max(top, 0), min(top + height, src.height))
     cols = (max(left, 0), min(left + width, src.width))
-    data = src.read(indexes, window=Window.from_slices(rows, cols))
-    invalid = nodata_mask(data, nodata)
+    data, masked = _read(src, indexes, Window.from_slices(rows, cols))
+    invalid = nodata_mask(data, {"nodata": src.nodata})
+    if masked is not None:
+        invalid |= masked
     pad = ((rows[0] - top, top + height - rows[1]), (cols[0] - left, left + width - cols[1]))
     return np.pad(data.astype(np.float32), ((0, 0), *pad), mode="reflect"), np.pad(invalid, pad, mode="reflect")
 
@@ -351,21 +622,15 @@ def _blended_rows(
     strips = [list(strip) for _, strip in groupby(windows, key=lambda w: w.row_off)]
     weight = _taper(tile, overlap)
     mean, std = normalise
-    nodata = {"nodata": src.nodata}
     summed = weights = invalid = None  # accumulators [K, tile, padded_w], [tile, padded_w]; row 0 is padded row `top`
     top = 0
     for number, strip in enumerate(strips):
         for start in range(0, len(strip), batch_size):
             batch = strip[start : start + batch_size]
-            tiles, masks = zip(*(_read_tile(src, indexes, w, margin, nodata) for w in batch), strict=True)
+            tiles, masks = zip(*(_read_tile(src, indexes, w, margin) for w in batch), strict=True)
             x = (np.stack(tiles) - mean[:, None, None]) / std[:, None, None]
             x = np.where(np.stack(masks)[:, None], np.float32(0), x)  # nodata -> the band mean
             logits = model(torch.from_numpy(x).to(device))
-            if logits.ndim != 4 or logits.shape[-2:] != x.shape[-2:]:
-                raise ValueError(
-                    f"the model must return logits [batch, classes, H, W] at the input's size {x.shape[-2:]}, "
-                    f"got {tuple(logits.shape)}"
-                )
             probabilities = _class_probabilities(logits.float()).cpu().numpy()
             if summed is None:
                 summed = np.zeros((probabilities.shape[1], tile, padded_w), dtype=np.float32)
@@ -385,6 +650,24 @@ def _blended_rows(
             array[..., : tile - done, :] = array[..., done:, :]
             array[..., tile - done :, :] = 0
         top = next_top
+
+
+def _check_model_takes(model: torch.nn.Module, tile: int, channels: int, stride: int, device: torch.device) -> None:
+    """Run the model once on a blank tile, so that a tile size it cannot take fails before any work."""
+    x = torch.zeros(1, channels, tile, tile, device=device)
+    try:
+        logits = model(x)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(
+            f"the model fails on a {tile} x {tile} px tile ({err}). If it downsamples by more than stride={stride} "
+            "(e.g. a U-Net with more levels), pass its total downsampling as stride= and a tile that is a multiple "
+            "of it (tile=256 works for strides 1, 2, 4, ..., 256)."
+        ) from err
+    if logits.ndim != 4 or logits.shape[-2:] != x.shape[-2:]:
+        raise ValueError(
+            f"the model must return logits [batch, classes, H, W] at the input's size {tuple(x.shape[-2:])}, "
+            f"got {tuple(logits.shape)}"
+        )
 
 
 def _per_band(name: str, values: Sequence[float] | np.ndarray | None, default: float, count: int) -> np.ndarray:
@@ -438,7 +721,7 @@ def predict_raster(
     batch_size: int = 4,
     device: str | torch.device | None = None,
     output: str = "labels",
-    stride: int = 32,
+    stride: int | None = None,
     in_channels: int | None = None,
 ) -> Path:
     """Run a segmentation model over a whole scene of any size and write a georeferenced GeoTIFF.
@@ -448,7 +731,9 @@ def predict_raster(
     the class probabilities (softmax of the logits) of overlapping tiles are averaged with a weight
     that ramps down over the ``overlap`` towards each tile's border. Pixels that are nodata (the
     source's nodata value) or NaN in any band are filled with the band mean (0 after normalisation)
-    before the model, written as nodata, and counted in a warning.
+    before the model, written as nodata, and counted in a warning; so are pixels that the file's mask
+    band marks invalid. Before any work, the model is run once on a blank tile, so that a tile size it
+    cannot take fails at once.
 
     Memory: one strip of tiles at a time; what stays in memory is the accumulated probabilities of
     ``tile`` rows by the scene's width (``classes x tile x width`` float32) plus one batch of tiles
@@ -458,10 +743,11 @@ def predict_raster(
 
     Args:
         model: returns logits ``[batch, classes, H, W]`` at the input's size (one channel: binary, sigmoid).
-        src_path: the scene (any format GDAL reads).
-        dst_path: the GeoTIFF to write; it gets the source's CRS, transform and size.
+        src_path: the scene (any format GDAL reads), with a CRS.
+        dst_path: the GeoTIFF to write (not the scene itself); it gets the source's CRS, transform and size.
         tile: tile side in pixels; a multiple of ``stride``.
-        overlap: pixels shared by neighbouring tiles (blended); ``0 <= overlap < tile``.
+        overlap: pixels shared by neighbouring tiles (blended); from 0 to 3/4 of the tile (tiles step by
+            ``tile - overlap``, at least a quarter tile).
         bands: 1-based band numbers fed to the model, in order; ``None`` takes all bands.
         mean: per-band mean (length = number of bands) subtracted before the model; default 0.
         std: per-band standard deviation the bands are divided by; default 1.
@@ -469,7 +755,8 @@ def predict_raster(
         device: where the model runs; default :func:`course_utils.config.get_device`. The model is moved there.
         output: ``"labels"`` (uint8 argmax, nodata 255) or ``"probabilities"`` (float32, one band per
             class, nodata NaN).
-        stride: the model's total downsampling factor; ``tile`` must be a multiple of it.
+        stride: the model's total downsampling factor; ``tile`` must be a multiple of it. Default: the model's
+            ``stride`` attribute (the course's U-Net has one), else 32 (a 5-level U-Net).
         in_channels: input channels the model expects; default: the first ``Conv2d``'s ``in_channels``.
 
     Returns:
@@ -478,23 +765,38 @@ def predict_raster(
     Raises:
         FileNotFoundError: if ``src_path`` does not exist.
         ValueError: for a band count the model does not take, a tile that is not a multiple of the
-            stride, ``mean``/``std`` of the wrong length, or a bad ``output``/``batch_size``/``overlap``.
+            stride or that the model fails on, ``mean``/``std`` of the wrong length, a bad
+            ``output``/``batch_size``/``overlap``, a scene without CRS, or ``dst_path`` naming the scene.
+        rasterio.errors.RasterioIOError: for a damaged or incomplete scene (the message names it).
     """
     src_path, dst_path = Path(src_path), Path(dst_path)
     if output not in PREDICTION_OUTPUTS:
         raise ValueError(f"output must be one of {PREDICTION_OUTPUTS}, got {output!r}")
+    if stride is None:
+        declared = getattr(model, "stride", None)  # a Conv2d's stride is a tuple: not a total downsampling
+        stride = declared if isinstance(declared, int) else 32
     if stride < 1 or tile < stride or tile % stride:
         suggestion = max(stride, round(tile / max(stride, 1)) * stride)
-        raise ValueError(f"tile {tile} is not a multiple of the model's stride {stride}; use {suggestion}")
-    if not 0 <= overlap < tile:
-        raise ValueError(f"overlap must be in [0, tile) = [0, {tile}), got {overlap}")
+        raise ValueError(
+            f"tile {tile} is not a multiple of the model's stride {stride}; use {suggestion} (any multiple of {stride})"
+        )
+    _check_overlap(tile, overlap)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not src_path.is_file():
-        raise FileNotFoundError(f"no raster at {src_path}; check the path (relative paths start at {Path.cwd()}).")
+    if dst_path.exists() and src_path.exists() and os.path.samefile(src_path, dst_path):
+        raise ValueError(
+            f"dst_path {dst_path} is the scene {src_path} itself: the prediction would replace it; "
+            "choose another output file."
+        )
     device = get_device(None if device is None else str(device))
 
-    with rasterio.open(src_path) as src:
+    with _open(src_path) as src:
+        if src.crs is None:
+            raise ValueError(
+                f"{src_path.name} has no CRS, so its prediction could not be placed on a map: give the scene its CRS "
+                f"and transform first (e.g. rio edit-info --crs EPSG:32633 {src_path.name}, with the scene's own CRS), "
+                "or run the model on the array directly."
+            )
         indexes = _band_indexes(src, bands)
         expected = in_channels if in_channels is not None else _model_in_channels(model)
         if expected is not None and expected != len(indexes):
@@ -511,9 +813,11 @@ def predict_raster(
         was_training = model.training
         model.to(device).eval()
         try:
-            with torch.inference_mode(), atomic_path(dst_path) as tmp:
-                rows = _blended_rows(model, src, indexes, tile, overlap, normalise, batch_size, device)
-                invalid_count = _write_rows(rows, tmp, meta, output)
+            with torch.inference_mode():
+                _check_model_takes(model, tile, len(indexes), stride, device)
+                with atomic_path(dst_path) as tmp:
+                    rows = _blended_rows(model, src, indexes, tile, overlap, normalise, batch_size, device)
+                    invalid_count = _write_rows(rows, tmp, meta, output)
         finally:
             model.train(was_training)
     if invalid_count:

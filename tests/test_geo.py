@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import zipfile
 from pathlib import Path
 
 import geopandas as gpd
@@ -11,11 +12,13 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from rasterio.enums import Resampling
 from rasterio.transform import from_origin
 from scipy import ndimage
-from shapely.geometry import MultiPolygon, Polygon, box
+from shapely.geometry import GeometryCollection, LineString, MultiPolygon, Point, Polygon, box
 
 from course_utils import geo
+from course_utils.models.unet import UNet
 
 UTM = "EPSG:32633"
 PIXEL = 10.0
@@ -112,6 +115,66 @@ def test_read_fields_drops_empty_geometries_with_a_warning(tmp_path: Path) -> No
         assert len(geo.read_fields(fields)) == 1
 
 
+def test_rasterize_refuses_polygons_that_miss_the_raster() -> None:
+    danish = layer(box(10.0, 56.0, 10.01, 56.01), crs="EPSG:4326")  # parcels of Denmark on a grid in Austria
+    both_extents = r"overlaps the raster.*\(10, 56, 10.01, 56.01\) in EPSG:4326.*\(500000, 5299800, 500200, 5300000\)"
+    with pytest.raises(ValueError, match=rf"none of the 1 polygons {both_extents} .* in EPSG:32633"):
+        geo.rasterize_fields(danish, grid_profile(20, 20))
+    partly_inside = layer(pixel_box(-5, -5, 7, 7))
+    assert (geo.rasterize_fields(partly_inside, grid_profile(20, 20), boundary_px=0) > 0).sum() == 4
+    sliver = layer(box(ORIGIN[0] + 1, ORIGIN[1] - 4, ORIGIN[0] + 3, ORIGIN[1] - 1))  # inside, but no pixel centre
+    assert geo.rasterize_fields(sliver, grid_profile(20, 20)).sum() == 0
+
+
+def test_geometry_collections_keep_their_polygons(tmp_path: Path) -> None:
+    fields = layer(
+        GeometryCollection([pixel_box(2, 2, 4, 4), Point(ORIGIN), GeometryCollection([pixel_box(10, 10, 3, 3)])]),
+        GeometryCollection([LineString([ORIGIN, (ORIGIN[0] + 50, ORIGIN[1])])]),
+        pixel_box(2, 10, 2, 2),
+    )
+    fields.to_file(tmp_path / "collections.gpkg")
+    with pytest.warns(UserWarning, match="dropped 1 empty or non-polygonal"):
+        read = geo.read_fields(tmp_path / "collections.gpkg")
+    assert read["field"].tolist() == [0, 2] and read.geometry.iloc[0].geom_type == "MultiPolygon"
+    assert read.geometry.iloc[0].area == (16 + 9) * PIXEL**2
+    profile = grid_profile(20, 20)
+    with pytest.warns(UserWarning, match="dropped 1"):
+        mask = geo.rasterize_fields(fields, profile, boundary_px=0)
+    assert mask.sum() == 16 + 9 + 4
+    assert fields.geometry.iloc[0].geom_type == "GeometryCollection"  # the caller's layer is left as it was
+
+
+def test_read_fields_errors_say_what_to_do(tmp_path: Path) -> None:
+    table = tmp_path / "parcels.csv"
+    table.write_text("id,crop\n1,wheat\n")
+    with pytest.raises(ValueError, match=r"parcels.csv has no geometry.*GeoSeries.from_wkt"):
+        geo.read_fields(table)
+    with pytest.raises(ValueError, match="not a vector file GDAL reads"):
+        geo.read_fields(geo.write_raster(tmp_path / "image.tif", np.zeros((2, 2), np.uint8), grid_profile(2, 2)))
+
+    fields = layer(pixel_box(0, 0, 2, 2))
+    fields.to_file(tmp_path / "a.gpkg", layer="parcels")
+    fields.to_file(tmp_path / "a.gpkg", layer="roads")
+    with pytest.raises(ValueError, match=r"2 layers with geometries \(parcels, roads\).*layer='parcels'"):
+        geo.read_fields(tmp_path / "a.gpkg")
+    assert len(geo.read_fields(tmp_path / "a.gpkg", layer="roads")) == 1
+    with pytest.raises(ValueError, match="no layer 'fields'; its layers: parcels, roads"):
+        geo.read_fields(tmp_path / "a.gpkg", layer="fields")
+
+    fields.to_file(tmp_path / "b.geojson")
+    for name, members in (("none.zip", ["parcels.csv"]), ("two.zip", ["b.geojson", "one.gpkg"])):
+        with zipfile.ZipFile(tmp_path / name, "w") as archive:
+            for member in members:
+                archive.write(tmp_path / ("a.gpkg" if member == "one.gpkg" else member), member)
+        count = len(members) - (name == "none.zip")
+        with pytest.raises(ValueError, match=rf"{name} holds {count} vector files .*Extract the archive"):
+            geo.read_fields(tmp_path / name)
+    with zipfile.ZipFile(tmp_path / "one.zip", "w") as archive:
+        archive.write(tmp_path / "b.geojson", "folder/b.geojson")
+        archive.write(table, "folder/readme.csv")
+    assert len(geo.read_fields(tmp_path / "one.zip")) == 1
+
+
 # --- read_raster / write_raster ----------------------------------------------------------------------
 
 
@@ -146,6 +209,130 @@ def test_nodata_mask_marks_nodata_and_nan_in_any_band() -> None:
     assert geo.nodata_mask(array, {"nodata": None}).sum() == 1
 
 
+def test_nodata_mask_marks_infinite_values() -> None:
+    array = np.ones((2, 3, 3), np.float32)
+    array[0, 0, 1], array[1, 1, 1] = np.inf, -np.inf
+    assert np.argwhere(geo.nodata_mask(array, {"nodata": None})).tolist() == [[0, 1], [1, 1]]
+
+
+@pytest.mark.parametrize(("dtype", "nodata"), [("uint16", 0), ("int16", -9999), ("uint8", 255), ("float32", -9999.5)])
+def test_nodata_survives_a_read_write_round_trip(tmp_path: Path, dtype: str, nodata: float) -> None:
+    path = geo.write_raster(tmp_path / "in.tif", np.ones((1, 3, 3), dtype), {**grid_profile(3, 3), "nodata": nodata})
+    array, profile = geo.read_raster(path)
+    assert profile["nodata"] == nodata  # rasterio reports it as a float
+    again = geo.read_raster(geo.write_raster(tmp_path / "out.tif", array, profile))[1]
+    assert again["nodata"] == nodata
+
+
+def test_nodata_that_the_dtype_cannot_hold_is_dropped(tmp_path: Path) -> None:
+    for nodata, dtype in ((np.nan, "uint8"), (-9999.0, "uint8"), (0.5, "int16"), (70000.0, "uint16")):
+        profile = {**grid_profile(2, 2), "nodata": nodata}
+        path = geo.write_raster(tmp_path / "labels.tif", np.ones((2, 2), dtype), profile)
+        assert geo.read_raster(path)[1]["nodata"] is None
+
+
+def write_masked(path: Path, image: np.ndarray, masked: np.ndarray, nodata: float | None = None) -> Path:
+    """A GeoTIFF of ``image`` with a GDAL internal mask band that is 0 where ``masked``."""
+    meta = {"driver": "GTiff", "count": image.shape[0], "height": image.shape[1], "width": image.shape[2]}
+    meta |= {"dtype": image.dtype.name, "crs": UTM, "transform": from_origin(*ORIGIN, PIXEL, PIXEL), "nodata": nodata}
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **meta) as dst:
+        dst.write(image)
+        dst.write_mask(np.where(masked, 0, 255).astype(np.uint8))
+    assert not Path(f"{path}.msk").exists()
+    return path
+
+
+def test_mask_band_marks_nodata(tmp_path: Path, scene: tuple[Path, np.ndarray]) -> None:
+    _, image = scene
+    masked = np.zeros(image.shape[1:], bool)
+    masked[20:30, 40:45] = True
+    path = write_masked(tmp_path / "masked.tif", image, masked)
+    array, profile = geo.read_raster(path)
+    np.testing.assert_array_equal(geo.nodata_mask(array, profile), masked)
+    np.testing.assert_array_equal(array[:, ~masked], image[:, ~masked])
+    with pytest.warns(UserWarning, match="^50 pixels of masked.tif"):
+        dst = geo.predict_raster(threshold_model(), path, tmp_path / "labels.tif", tile=64, device="cpu")
+    np.testing.assert_array_equal(geo.read_raster(dst)[0][0] == geo.LABEL_NODATA, masked)
+
+    digital_numbers = write_masked(tmp_path / "dn.tif", np.full((1, 4, 4), 7, np.uint16), masked[20:24, 40:44], 0)
+    array, profile = geo.read_raster(digital_numbers)
+    assert (array[0] == 0).sum() == 4 * 4 and profile["nodata"] == 0
+    without_nodata = write_masked(tmp_path / "no-nodata.tif", np.full((1, 4, 4), 7, np.uint16), masked[20:24, 40:44])
+    with pytest.warns(UserWarning, match="mask band marks 16 pixels invalid.*dataset_mask"):
+        assert (geo.read_raster(without_nodata)[0] == 7).all()
+
+
+def test_damaged_raster_errors_name_the_file(tmp_path: Path, scene: tuple[Path, np.ndarray]) -> None:
+    path, image = scene
+    complete = geo.write_raster(tmp_path / "tiled.tif", image, {**grid_profile(187, 301), "tiled": True})
+    content = complete.read_bytes()
+    (tmp_path / "truncated.tif").write_bytes(content[: len(content) // 2])
+    (tmp_path / "header.tif").write_bytes(content[:100])
+    for name in ("truncated.tif", "header.tif"):
+        damaged = tmp_path / name
+        with pytest.raises(rasterio.errors.RasterioIOError, match=rf"{name}: the file is damaged or incomplete.*"
+                           "download or regenerate it"):  # fmt: skip
+            geo.read_raster(damaged)
+        with pytest.raises(rasterio.errors.RasterioIOError, match=rf"{name}: the file is damaged"):
+            geo.predict_raster(threshold_model(), damaged, tmp_path / "labels.tif", tile=64, device="cpu")
+    assert not (tmp_path / "labels.tif").exists()
+
+
+def test_read_raster_refuses_what_does_not_fit_in_memory(monkeypatch: pytest.MonkeyPatch, scene) -> None:
+    path, _ = scene  # 2 x 187 x 301 float32: 450 kB
+    monkeypatch.setattr(geo, "_available_memory", lambda: 800_000)
+    with pytest.raises(MemoryError, match=r"scene.tif takes .*bands=\[\.\.\.\].*iter_windows.*predict_raster"):
+        geo.read_raster(path)
+    assert geo.read_raster(path, bands=[2])[0].shape == (1, 187, 301)  # 225 kB
+
+
+# --- stack_bands -------------------------------------------------------------------------------------
+
+
+def write_band(folder: Path, name: str, pixel: float, rng: np.random.Generator) -> np.ndarray:
+    """One band of a 600 m x 600 m Sentinel-2 L2A-like tile at ``pixel`` m, named as in a .SAFE product."""
+    size = round(600 / pixel)
+    values = rng.integers(1, 16_000, (1, size, size)).astype(np.uint16)
+    profile = {"crs": UTM, "transform": from_origin(*ORIGIN, pixel, pixel), "nodata": 0}
+    geo.write_raster(folder / f"R{pixel:.0f}m" / f"T33UVP_20230601T100559_{name}_{pixel:.0f}m.tif", values, profile)
+    return values[0]
+
+
+def test_stack_bands_puts_10_20_and_60_m_bands_on_one_grid_in_the_callers_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    product = tmp_path / "S2A_MSIL2A.SAFE"
+    bands = {name: write_band(product, name, pixel, rng) for name, pixel in
+             (("B02", 10), ("B08", 10), ("B8A", 20), ("B11", 20), ("B01", 60), ("B12", 20))}  # fmt: skip
+    write_band(product, "B02", 20, rng)  # L2A also ships the 10 m bands at 20 and 60 m: the finest is taken
+    order = ["B02", "B08", "B8A", "B11", "B12", "B01"]  # a sorted listing would give B01 B02 B08 B11 B12 B8A
+    stack, profile = geo.stack_bands(product, order)
+    assert stack.shape == (6, 60, 60) and stack.dtype == np.uint16 and profile["count"] == 6
+    assert profile["transform"] == from_origin(*ORIGIN, 10, 10) and profile["nodata"] == 0
+    for band, name in zip(stack, order, strict=True):
+        factor = 60 // bands[name].shape[0]
+        np.testing.assert_array_equal(band, np.kron(bands[name], np.ones((factor, factor), np.uint16)))
+
+    coarse, profile = geo.stack_bands(product, ["B02", "B8A"], reference="B8A", resampling=Resampling.average)
+    assert coarse.shape == (2, 30, 30) and profile["transform"].a == 20
+    np.testing.assert_array_equal(coarse[1], bands["B8A"])
+    means = bands["B02"].reshape(30, 2, 30, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(coarse[0], means, atol=1)
+
+
+def test_stack_bands_errors_say_what_to_do(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    write_band(tmp_path / "one", "B02", 10, rng)
+    with pytest.raises(FileNotFoundError, match="no raster under .* has 'B8A' in its name"):
+        geo.stack_bands(tmp_path / "one", ["B02", "B8A"])
+    with pytest.raises(ValueError, match="each band name once"):
+        geo.stack_bands(tmp_path / "one", ["B02", "B02"])
+    with pytest.raises(ValueError, match="reference 'B04' is not one of the bands"):
+        geo.stack_bands(tmp_path / "one", ["B02"], reference="B04")
+    write_band(tmp_path / "two", "B02", 10, rng)
+    with pytest.raises(ValueError, match="band B02 is in 2 files of the same resolution .* one product"):
+        geo.stack_bands(tmp_path, ["B02"])
+
+
 # --- windows and chip sizes --------------------------------------------------------------------------
 
 
@@ -168,6 +355,14 @@ def test_windows_reject_bad_arguments() -> None:
         geo.iter_windows(100, 100, 32, 32)
     with pytest.raises(ValueError, match="empty"):
         geo.iter_windows(0, 100, 32, 0)
+
+
+def test_windows_refuse_a_step_below_a_quarter_tile(scene: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    assert len(geo.iter_windows(1000, 1000, 256, 192)) == 13**2  # a step of 64 px: the largest overlap allowed
+    with pytest.raises(ValueError, match=r"overlap must be between 0 and 192 px for 256 px tiles.*got 255"):
+        geo.iter_windows(600, 600, 256, 255)  # would be 345**2 = 119 025 windows
+    with pytest.raises(ValueError, match="between 0 and 48 px for 64 px tiles"):
+        geo.predict_raster(threshold_model(), scene[0], tmp_path / "labels.tif", tile=64, overlap=63)
 
 
 def test_check_chip_size() -> None:
@@ -277,9 +472,46 @@ def test_predict_raster_rejects_bad_input(scene: tuple[Path, np.ndarray], tmp_pa
     assert not dst.exists()
 
 
+def test_predict_raster_refuses_to_overwrite_its_source(
+    scene: tuple[Path, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = scene
+    before = path.read_bytes()
+    (tmp_path / "link.tif").symlink_to(path)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    for dst in (path, tmp_path / "link.tif", Path("../scene.tif"), tmp_path / "sub" / ".." / "scene.tif"):
+        with pytest.raises(ValueError, match="is the scene .* itself: the prediction would replace it"):
+            geo.predict_raster(threshold_model(), path, dst, tile=64, device="cpu")
+    with pytest.raises(ValueError, match="itself"):
+        geo.predict_raster(threshold_model(), "../scene.tif", path, tile=64, device="cpu")
+    assert path.read_bytes() == before
+
+
+def test_predict_raster_refuses_a_scene_without_crs(tmp_path: Path, scene: tuple[Path, np.ndarray]) -> None:
+    path = geo.write_raster(tmp_path / "plain.tif", scene[1], {"transform": from_origin(*ORIGIN, PIXEL, PIXEL)})
+    with pytest.raises(ValueError, match="plain.tif has no CRS.*rio edit-info --crs"):
+        geo.predict_raster(threshold_model(), path, tmp_path / "labels.tif", tile=64, device="cpu")
+    assert not (tmp_path / "labels.tif").exists()
+
+
+def test_predict_raster_checks_the_tile_against_the_model(scene: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    path, _ = scene
+    deep = UNet(in_channels=2, classes=3, width=2, depth=6)  # downsamples by 64
+    with pytest.raises(ValueError, match=r"tile 96 is not a multiple of the model's stride 64; use 128"):
+        geo.predict_raster(deep, path, tmp_path / "labels.tif", tile=96, device="cpu")
+    with pytest.raises(ValueError, match=r"the model fails on a 96 x 96 px tile.*stride=32.*tile=256 works"):
+        geo.predict_raster(deep, path, tmp_path / "labels.tif", tile=96, stride=32, device="cpu")
+    with pytest.raises(ValueError, match=r"logits \[batch, classes, H, W\] at the input's size \(32, 32\)"):
+        geo.predict_raster(torch.nn.Conv2d(2, 2, 3), path, tmp_path / "labels.tif", tile=32, overlap=8, device="cpu")
+    assert not (tmp_path / "labels.tif").exists()
+    labels = geo.read_raster(geo.predict_raster(deep, path, tmp_path / "labels.tif", tile=128, device="cpu"))[0]
+    assert labels.shape == (1, 187, 301)
+
+
 def test_predict_raster_leaves_nothing_when_the_model_fails(scene: tuple[Path, np.ndarray], tmp_path: Path) -> None:
     class FailsLater(torch.nn.Module):
-        """Works for two batches (so part of the output is written), then raises."""
+        """Works for the check on a blank tile and for one batch (so part of the output is written), then raises."""
 
         def __init__(self) -> None:
             super().__init__()

@@ -92,6 +92,14 @@ def test_prepare_converts_a_seeded_subset_into_the_course_layout(course_data_dir
     ] == 3001 + int(window_b.iloc[0]["id"][1:])
 
 
+def test_converted_chips_keep_ftw_nodata(course_data_dir, ftw_source) -> None:
+    """FTW's uint16 chips mark nodata 0; rasterio reads it as 0.0, which must not be lost on the way."""
+    folder = prepare_ftw("austria", "smoke", seed=0, source=ftw_source[0])
+    row = read_catalog(folder).iloc[0]
+    assert read_raster(folder / row["image"])[1]["nodata"] == 0
+    assert read_raster(folder / row["label"])[1]["nodata"] is None  # every label value is a class
+
+
 def test_dataset_yields_course_samples_normalised_with_real_statistics(course_data_dir, ftw_source) -> None:
     source, images = ftw_source
     train = FTWChipDataset("train", "austria", "smoke", source=source)
