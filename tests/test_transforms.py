@@ -181,6 +181,16 @@ def test_temporal_shift_moves_real_days_only() -> None:
     assert len(shifts) > 5
 
 
+def test_temporal_shift_keeps_a_multi_year_series_apart() -> None:
+    torch.manual_seed(0)
+    sample = series_sample()
+    sample["doy"] = torch.where(sample["mask"], sample["doy"] + 365, sample["doy"])  # the second year
+    for _ in range(20):
+        out = RandomTemporalShift(max_days=7)(sample)
+        shift = out["doy"][:15] - sample["doy"][:15]
+        assert (shift == shift[0]).all(), "days past 366 were squashed into one"
+
+
 def test_temporal_cloud_noise_replaces_real_observations_with_bright_flat_spectra() -> None:
     torch.manual_seed(0)
     sample = series_sample()
