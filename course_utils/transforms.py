@@ -354,8 +354,8 @@ class RandomTemporalDropout:
 class RandomTemporalShift:
     """Shift the days of year of all real observations by the same ``U{-max_days..max_days}`` (another season).
 
-    Days are clipped to 1..366, or to 1..the series' last day for a multi-year series (days counted on past
-    366); padding keeps day 0.
+    Days are clipped to 1..366; a multi-year series (days counted on past 366) is only kept from going below
+    day 1. Padding keeps day 0.
     """
 
     def __init__(self, max_days: int = 10, generator: torch.Generator | None = None) -> None:
@@ -363,7 +363,8 @@ class RandomTemporalShift:
 
     def __call__(self, sample: Sample) -> Sample:
         shift = _randint(2 * self.max_days + 1, self.generator) - self.max_days
-        last = max(366, int(sample["doy"][sample["mask"]].max())) if bool(sample["mask"].any()) else 366
+        multi_year = bool((sample["doy"][sample["mask"]] > 366).any())
+        last = None if multi_year else 366
         out = dict(sample)
         out["doy"] = torch.where(sample["mask"], (sample["doy"] + shift).clamp(1, last), sample["doy"])
         return out
