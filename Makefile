@@ -6,6 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.course-installed
+# The oldest Python every pinned package accepts (soupsieve 4.1.2, through nbconvert, needs 3.11.5);
+# tests/test_environment_files.py checks it against the installed packages' Requires-Python.
+MIN_PYTHON := 3.11.5
 # `make test` runs the notebooks in smoke mode; `COURSE_MODE=full make test` is the GPU-kernel run.
 TEST_MODE ?= $(or $(COURSE_MODE),smoke)
 # pytest-xdist workers: notebooks are spread over workers, a notebook's cells stay on one (loadscope).
@@ -33,7 +36,9 @@ setup: $(STAMP)
 # registry: torchvision's wheels only import beside torch's regular build, not beside a CPU-only
 # torch wheel ("operator torchvision::nms does not exist"), so a local CPU wheel must not be used.
 $(STAMP): pyproject.toml constraints.txt tools/check_env.py
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed; set PYTHON=python3.11"'
+	@$(PYTHON) -c 'import sys; need = tuple(map(int, "$(MIN_PYTHON)".split("."))); sys.version_info[:3] >= need or sys.exit( \
+		f"Python {sys.version.split()[0]} is too old: the tested pins (constraints.txt) need Python $(MIN_PYTHON) or newer. " \
+		"Install Python 3.12 (python.org, pyenv, uv python install 3.12, or your system packages) and run make setup PYTHON=python3.12")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --constraint constraints.txt torch torchvision
 	$(BIN)/pip install --quiet --constraint constraints.txt --editable ".[dev]"

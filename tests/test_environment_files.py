@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import yaml
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,3 +58,27 @@ def test_binder_matches_pyproject_and_fails_loudly() -> None:
     check_pins([requirement(line) for line in lines if "==" in line], "binder/requirements.txt")
     post_build = (ROOT / "binder" / "postBuild").read_text()
     assert "set -euo pipefail" in post_build and "pip install --no-deps --editable ." in post_build
+
+
+def test_the_makefiles_python_minimum_is_what_every_pin_accepts() -> None:
+    """Python 3.11.0-3.11.4 pass a bare ``>= 3.11`` check, then pip cannot resolve the pins: check what they need."""
+    minimum = Version(re.search(r"^MIN_PYTHON := ([\d.]+)$", (ROOT / "Makefile").read_text(), re.M).group(1))
+    tested = constraints()
+    refusing = {
+        dist.metadata["Name"]: dist.metadata["Requires-Python"]
+        for dist in metadata.distributions()
+        if normalise(dist.metadata["Name"]) in tested and dist.metadata.get("Requires-Python")
+        and minimum not in SpecifierSet(dist.metadata["Requires-Python"])
+    }  # fmt: skip
+    assert not refusing, f"pins that refuse Python {minimum}: {refusing}; raise MIN_PYTHON in the Makefile"
+    assert minimum in SpecifierSet(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"])
+
+
+def test_citation_and_ci_workflow_agree_with_the_project() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert citation["cff-version"] == "1.2.0" and citation["version"] == project["version"]
+    assert citation["license"] == project["license"] and citation["authors"] and citation["title"]
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    steps = [step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"]]
+    assert "bash .ci/run" in steps, "forks must run the same check as a landing"
