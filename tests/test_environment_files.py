@@ -53,9 +53,19 @@ def test_environment_yml_matches_pyproject() -> None:
     check_pins([requirement(line) for line in pip_section if "==" in line], "environment.yml")
 
 
-def test_binder_matches_pyproject_and_fails_loudly() -> None:
+#: Packages only the CUDA build of torch pulls in; Binder installs the CPU build without them.
+CUDA_ONLY = re.compile(r"^(nvidia-|cuda-|triton$)")
+
+
+def test_binder_pins_everything_it_installs_as_tested_and_fails_loudly() -> None:
     lines = (ROOT / "binder" / "requirements.txt").read_text().splitlines()
-    check_pins([requirement(line) for line in lines if "==" in line], "binder/requirements.txt")
+    pins = dict(requirement(line) for line in lines if "==" in line)
+    expected = {name: version for name, version in constraints().items() if not CUDA_ONLY.match(name)}
+    assert project_packages() <= set(pins), "binder/requirements.txt misses a package of pyproject.toml"
+    differ = {name: (pins.get(name), expected.get(name)) for name in set(pins) | set(expected)
+              if pins.get(name) != expected.get(name)}  # fmt: skip
+    assert not differ, f"binder/requirements.txt vs constraints.txt (binder, tested): {differ}"
+    assert all(line.endswith("+cpu") for line in lines if line.startswith(("torch==", "torchvision=="))), "CPU build"
     post_build = (ROOT / "binder" / "postBuild").read_text()
     assert "set -euo pipefail" in post_build and "pip install --no-deps --editable ." in post_build
 
