@@ -13,6 +13,8 @@ MIN_PYTHON := 3.11.5
 TEST_MODE ?= $(or $(COURSE_MODE),smoke)
 # pytest-xdist workers: notebooks are spread over workers, a notebook's cells stay on one (loadscope).
 WORKERS ?= 2
+# torch build for `make setup`: auto, cpu or cuda (see tools/install.py)
+TORCH ?= auto
 
 .PHONY: help setup data course test unit nbtest lint strip lab clean bench wheels student figures html
 
@@ -26,22 +28,23 @@ help:
 	@echo "make student  regenerate notebooks/student/ (exercises without solutions) from the notebooks"
 	@echo "make figures  redraw the diagrams in figures/ (deterministic)"
 	@echo "make html     render every notebook to build/html/ (from build/executed/ when make course ran)"
+	@echo "make book     the course as a website readable offline, into build/book/ (from build/executed/)"
 	@echo "make bench    training throughput (course loop vs naive loop) and data-wait share -> benchmarks/results/"
 	@echo "make wheels   download the wheels for an offline GPU machine (Python 3.12, torch installed) into wheels/"
 	@echo "make clean    remove executed notebooks and results (keeps .venv and the data cache)"
 
 setup: $(STAMP)
 
-# torch and torchvision are pinned as a pair in constraints.txt. Both come from the package
-# registry: torchvision's wheels only import beside torch's regular build, not beside a CPU-only
-# torch wheel ("operator torchvision::nms does not exist"), so a local CPU wheel must not be used.
-$(STAMP): pyproject.toml constraints.txt tools/check_env.py
+# torch and torchvision are pinned as a pair in constraints.txt and installed as a pair by tools/install.py:
+# TORCH=auto (default) takes PyTorch's CPU build on Linux without an NVIDIA driver (a tenth of the size),
+# PyPI's build otherwise; TORCH=cpu / TORCH=cuda force one. A stray local CPU wheel of torch must not be
+# mixed with PyPI's torchvision ("operator torchvision::nms does not exist"): the pair comes from one index.
+$(STAMP): pyproject.toml constraints.txt tools/check_env.py tools/install.py
 	@$(PYTHON) -c 'import sys; need = tuple(map(int, "$(MIN_PYTHON)".split("."))); sys.version_info[:3] >= need or sys.exit( \
 		f"Python {sys.version.split()[0]} is too old: the tested pins (constraints.txt) need Python $(MIN_PYTHON) or newer. " \
 		"Install Python 3.12 (python.org, pyenv, uv python install 3.12, or your system packages) and run make setup PYTHON=python3.12")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --constraint constraints.txt torch torchvision
-	$(BIN)/pip install --quiet --constraint constraints.txt --editable ".[dev]"
+	$(PY) tools/install.py --torch $(TORCH)
 	$(PY) tools/check_env.py
 	@touch $(STAMP)
 
@@ -79,6 +82,12 @@ figures: setup
 
 html: setup
 	$(PY) tools/notebooks.py html
+
+# An index (agenda, results, claims, links) and a page per notebook, MathJax copied in: nothing is
+# loaded from the web. MathJax 3 is fetched once with npm into build/mathjax/ (or set MATHJAX_DIR).
+.PHONY: book
+book: setup
+	$(PY) tools/book.py
 
 BENCH_ARGS ?= --epochs 3 --samples-per-epoch 48
 
