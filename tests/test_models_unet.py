@@ -13,10 +13,17 @@ from torch import nn
 from course_utils.models.unet import (
     FIELD_UNET_RECIPE,
     UNet,
+    chip_confusions,
+    class_miou,
     count_parameters,
+    edge_f1,
+    extent_iou,
     field_scores,
     field_unet_path,
+    fields_found,
+    fit_segmentation,
     load_or_train_field_unet,
+    share_found,
 )
 
 
@@ -71,6 +78,47 @@ def test_field_scores_known_values() -> None:
     assert scores["f1_edge"] == pytest.approx(2 / 3)
     assert scores["extent_iou"] == pytest.approx(5 / 6)  # field = classes 1 and 2
     assert scores["miou"] == pytest.approx(np.mean([2 / 3, 3 / 5, 1 / 2]))
+
+
+def test_pooled_scores_from_per_chip_confusions_match_field_scores() -> None:
+    rng = np.random.default_rng(0)
+    truth, predicted = rng.integers(0, 3, (3, 8, 8)), rng.integers(0, 3, (3, 8, 8))
+    cms = chip_confusions(predicted, truth)
+    assert cms.shape == (3, 3, 3) and cms.sum() == truth.size
+    scores = field_scores(predicted, truth)
+    assert edge_f1(cms.sum(0)) == pytest.approx(scores["f1_edge"])
+    assert class_miou(cms.sum(0)) == pytest.approx(scores["miou"])
+    assert extent_iou(cms.sum(0)) == pytest.approx(scores["extent_iou"])
+    everything_field = chip_confusions(np.ones_like(truth), truth).sum(0)
+    assert edge_f1(everything_field) == 0 and extent_iou(everything_field) == pytest.approx((truth > 0).mean())
+
+
+def test_fields_found_counts_matched_interiors_and_not_merged_ones() -> None:
+    truth = np.zeros((1, 6, 9), dtype=np.uint8)
+    truth[0, 1:5, 1:4], truth[0, 1:5, 5:8] = 1, 1  # two fields, kept apart by an edge column
+    truth[0, :, 4] = 2
+    merged = np.where(truth > 0, 1, 0)  # the edge missed: one field where two are
+    shifted = truth.copy()
+    shifted[0, 1:5, 1:3] = 2  # the left field lost two of its three columns: IoU 4 / 12, not above 0.5
+    assert fields_found(truth, truth).tolist() == [[2, 2]]
+    assert fields_found(merged, truth).tolist() == [[0, 2]]
+    assert fields_found(shifted, truth).tolist() == [[1, 2]]
+    assert share_found(np.array([[1, 2], [3, 4]])) == pytest.approx(4 / 6)
+
+
+def test_plateau_schedule_with_patience_stops_when_it_stops_improving() -> None:
+    torch.manual_seed(0)
+    images, masks = torch.randn(4, 4, 16, 16), torch.zeros(4, 16, 16, dtype=torch.long)
+    data = [{"image": image, "mask": mask} for image, mask in zip(images, masks, strict=True)]
+    model = UNet(width=4)
+    history = fit_segmentation(
+        model, data, data, loss_fn=nn.CrossEntropyLoss(), epochs=30, batch_size=2, lr=1e-2,
+        device=torch.device("cpu"), progress=False, schedule="plateau", patience=2,
+    )  # fmt: skip
+    assert history.stopped_early and history.converged and len(history.records) < 30  # all background: mIoU flat
+    with pytest.raises(ValueError, match="schedule"):
+        fit_segmentation(model, data, data, loss_fn=nn.CrossEntropyLoss(), epochs=1, batch_size=2, lr=1e-2,
+                         device=torch.device("cpu"), schedule="step")  # fmt: skip
 
 
 def test_unet_learns_a_boundary_task() -> None:

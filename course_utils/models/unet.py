@@ -9,10 +9,12 @@ notebook 02 saved or trains it on the spot when it is missing.
   resolution (the skips), and a 1x1 convolution to class logits (Ronneberger et al., 2015). It also
   stores the per-band normalisation statistics it was trained with (buffers ``norm_mean``, ``norm_std``,
   in stored units), so a checkpoint carries them.
-* :func:`fit_segmentation`: random crops and dihedral flips, AdamW with a cosine schedule, the course's
+* :func:`fit_segmentation`: random crops and dihedral flips, AdamW with a cosine or plateau schedule, the course's
   :func:`course_utils.train.fit` loop; works for any model that maps ``[B, C, H, W]`` to logits.
 * :func:`predict_masks` and :func:`field_scores`: predicted masks of a dataset, per-class IoU/F1 and
-  field-extent IoU (interior + edge against non-field).
+  field-extent IoU (interior + edge against non-field); :func:`chip_confusions` and :func:`fields_found`:
+  per-chip confusion matrices and found fields, the test units of a claim, with the pooled metrics
+  :func:`edge_f1`, :func:`class_miou`, :func:`extent_iou` and :func:`share_found`.
 * :func:`load_or_train_field_unet`: the checkpoint ``field_unet_<region>_<mode>_seed<seed>-<key>.pt`` under
   :func:`course_utils.config.checkpoint_dir`, trained with the recipe of :data:`FIELD_UNET_RECIPE`
   (``field_unet_<dataset>_...`` for a real dataset such as ``ftw-austria``); ``<key>`` changes with every
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision.transforms.v2 as T
+from scipy import ndimage
 from torch import nn
 
 from course_utils.config import checkpoint_dir, get_device, get_mode, seed_everything
@@ -44,11 +47,18 @@ from course_utils.transforms import RandomCrop, RandomFlipRotate
 CLASS_NAMES = ("non-field", "interior", "edge")
 
 #: How the reference field U-Net is trained in each mode (notebook 02's parameters cell uses the same values).
+#: ``schedule``: ``"cosine"`` (cosine decay over ``epochs``) or ``"plateau"`` (the learning rate is multiplied by 0.3
+#: after two epochs without a better validation mIoU); ``patience``: stop after that many epochs without a better one
+#: (``None``: run every epoch). ``lite`` and ``full`` train until the validation mIoU stops improving
+#: (:attr:`course_utils.train.History.converged`); ``epochs`` is then only the upper limit.
 FIELD_UNET_RECIPE: dict[str, dict[str, Any]] = {
-    "smoke": {"width": 8, "epochs": 1, "crop": 64, "batch_size": 4, "samples_per_epoch": 12, "lr": 3e-3},
-    "lite": {"width": 16, "epochs": 5, "crop": 128, "batch_size": 8, "samples_per_epoch": 192, "lr": 3e-3},
-    "full": {"width": 32, "epochs": 40, "crop": 128, "batch_size": 16, "samples_per_epoch": 768, "lr": 2e-3},
-}
+    "smoke": {"width": 8, "epochs": 1, "crop": 64, "batch_size": 4, "samples_per_epoch": 12, "lr": 3e-3,
+              "schedule": "cosine", "patience": None},
+    "lite": {"width": 16, "epochs": 30, "crop": 128, "batch_size": 8, "samples_per_epoch": 64, "lr": 3e-3,
+             "schedule": "plateau", "patience": 3},
+    "full": {"width": 32, "epochs": 60, "crop": 128, "batch_size": 16, "samples_per_epoch": 384, "lr": 2e-3,
+             "schedule": "plateau", "patience": 5},
+}  # fmt: skip
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -164,22 +174,32 @@ def fit_segmentation(
     weight_decay: float = 1e-4,
     num_classes: int = 3,
     progress: bool = True,
+    schedule: str = "cosine",
+    patience: int | None = None,
 ) -> History:
-    """Train a segmentation model with AdamW and a cosine learning-rate schedule; keep the best val mIoU.
+    """Train a segmentation model with AdamW; keep the weights of the best validation mIoU.
 
     Each epoch draws ``samples_per_epoch`` training samples with replacement (random crops of the chips,
     so an epoch can see each chip several times, each time another window and orientation).
+    ``schedule``: ``"cosine"`` decays the learning rate to ``lr / 20`` over ``epochs``; ``"plateau"`` multiplies
+    it by 0.3 after two epochs in a row without a better validation mIoU. ``patience``: stop after that many epochs
+    without a better one (``None``: run all ``epochs``).
     """
+    if schedule not in ("cosine", "plateau"):
+        raise ValueError(f"schedule must be 'cosine' or 'plateau', got {schedule!r}")
     draws = samples_per_epoch or len(train_set)
     sampler = torch.utils.data.RandomSampler(train_set, replacement=True, num_samples=draws)
     common = {"num_workers": num_workers, "pin_memory": device.type == "cuda", "persistent_workers": num_workers > 0}
     train_loader = torch.utils.data.DataLoader(train_set, batch_size, sampler=sampler, drop_last=True, **common)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size, **common)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=lr / 20)
+    if schedule == "cosine":
+        scheduler: Any = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=lr / 20)
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=1)
     return fit(
         model, train_loader, val_loader, loss_fn=loss_fn.to(device), optimizer=optimizer, epochs=epochs,
-        device=device, num_classes=num_classes, monitor="val_miou", scheduler=scheduler,
+        device=device, num_classes=num_classes, monitor="val_miou", scheduler=scheduler, patience=patience,
         amp=device.type == "cuda", progress=progress,
     )  # fmt: skip
 
@@ -217,6 +237,58 @@ def field_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     extent = confusion_matrix(np.asarray(predicted) > 0, np.asarray(truth) > 0, 2)
     scores["extent_iou"] = float(iou_per_class(extent)[1])
     return scores
+
+
+def chip_confusions(predicted: np.ndarray, truth: np.ndarray, classes: int = len(CLASS_NAMES)) -> np.ndarray:
+    """Per-chip confusion matrices ``[N, classes, classes]`` (rows true, columns predicted) of masks ``[N, H, W]``.
+
+    The test units of a paired bootstrap (:func:`course_utils.report.compare`): a pooled metric of any set of
+    chips is the metric of their summed matrices, e.g. :func:`edge_f1` ``(cms.sum(0))``.
+    """
+    predicted, truth = np.asarray(predicted), np.asarray(truth)
+    return np.stack([confusion_matrix(p, t, classes) for p, t in zip(predicted, truth, strict=True)])
+
+
+def edge_f1(cm: np.ndarray) -> float:
+    """F1 of the edge class from a 3-class confusion matrix."""
+    return float(np.nan_to_num(f1_per_class(cm)[2]))
+
+
+def class_miou(cm: np.ndarray) -> float:
+    """Mean IoU over the three classes (a class never predicted nor present counts as 0)."""
+    return float(np.nan_to_num(iou_per_class(cm)).mean())
+
+
+def extent_iou(cm: np.ndarray) -> float:
+    """Field-extent IoU (interior and edge together against non-field) from a 3-class confusion matrix."""
+    field_hit = cm[1:, 1:].sum()
+    return float(field_hit / max(cm[1:, :].sum() + cm[:, 1:].sum() - field_hit, 1))
+
+
+def fields_found(predicted: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Per chip ``[N, 2]``: true fields found (matched by one predicted field with IoU > ``threshold``), true fields.
+
+    A field is a connected region of *interior* pixels (edges keep touching fields apart), in the truth and in
+    the prediction alike (4-connected). A field merged with its neighbour, or split in two, is not found.
+    """
+    counts = []
+    for p, t in zip(np.asarray(predicted), np.asarray(truth), strict=True):
+        true_ids, n_true = ndimage.label(t == 1)
+        found_ids, n_found = ndimage.label(p == 1)
+        if n_true == 0:
+            counts.append((0, 0))
+            continue
+        pairs = np.bincount(true_ids.ravel() * (n_found + 1) + found_ids.ravel(),
+                            minlength=(n_true + 1) * (n_found + 1)).reshape(n_true + 1, n_found + 1)  # fmt: skip
+        true_area, found_area = pairs.sum(1, keepdims=True), pairs.sum(0, keepdims=True)
+        iou = pairs / np.maximum(true_area + found_area - pairs, 1)
+        counts.append((int((iou[1:, 1:] > threshold).any(1).sum()), n_true))
+    return np.array(counts, dtype=np.int64)
+
+
+def share_found(counts: np.ndarray) -> float:
+    """Share of true fields found, pooled over chips, from :func:`fields_found` counts ``[N, 2]``."""
+    return float(counts[:, 0].sum() / max(counts[:, 1].sum(), 1))
 
 
 def field_unet_recipe(
@@ -297,7 +369,7 @@ def load_or_train_field_unet(
         dataset: ``"generated"`` or a real dataset of :func:`field_datasets` (``"ftw-<country>"``, whose region
             is its country: ``region`` is then ignored); a real one is part of the file name.
         recipe: overrides of :data:`FIELD_UNET_RECIPE` (``width``, ``epochs``, ``crop``, ``batch_size``,
-            ``samples_per_epoch``, ``lr``). The checkpoint is keyed by all of these settings
+            ``samples_per_epoch``, ``lr``, ``schedule``, ``patience``). The checkpoint is keyed by all of these settings
             (:func:`field_unet_path`): a checkpoint trained otherwise is never loaded in its place.
 
     Returns:
@@ -330,6 +402,8 @@ def load_or_train_field_unet(
                 samples_per_epoch=settings["samples_per_epoch"],
                 num_workers=num_workers,
                 progress=progress,
+                schedule=settings["schedule"],
+                patience=settings["patience"],
             )  # fmt: skip
         )
         net.cpu()
