@@ -32,6 +32,10 @@ import torch
 #: The course's public repository. Notebooks' Colab install line and badges use
 #: this URL; ``python tools/notebooks.py sync`` writes it into them.
 REPOSITORY_URL = "https://github.com/dl4rs-course/dl4rs-course"
+#: The git ref (branch or tag) the notebooks' Colab/Binder links open and their Colab setup cell installs,
+#: so a notebook and the package it installs come from the same ref. A release sets its tag here and runs
+#: ``python tools/notebooks.py sync``.
+COURSE_REF = "main"
 
 MODES = ("smoke", "lite", "full")
 """``smoke``: CI, tiny data. ``lite``: a laptop CPU or Binder. ``full``: one GPU."""

@@ -21,6 +21,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from course_utils.config import COURSE_REF
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_FILES = ("pyproject.toml", "README.md", "LICENSE")  # what `pip install` of the package reads
 COURSE_DIST = ("course_utils", "dl4rs_course", "__editable__", "_dl4rs_course", "dl4rs-course")
@@ -39,7 +41,9 @@ DRIVER = textwrap.dedent("""
         @staticmethod
         def run_line_magic(magic, line):
             assert magic == "pip", magic
-            args = shlex.split(line.replace("{REPOSITORY_URL}", namespace["REPOSITORY_URL"]))
+            for name in ("REPOSITORY_URL", "COURSE_REF"):  # IPython expands {name} in a magic's line
+                line = line.replace("{" + name + "}", namespace[name])
+            args = shlex.split(line)
             subprocess.check_call([sys.executable, "-m", "pip", *args, "--no-index", "--no-build-isolation"])
 
     namespace["get_ipython"] = lambda: Colab
@@ -61,7 +65,8 @@ def git_repository(folder: Path) -> str:
         shutil.copy2(ROOT / name, folder / name)
     shutil.copytree(ROOT / "course_utils", folder / "course_utils", ignore=shutil.ignore_patterns("__pycache__"))
     identity = ["-c", "user.name=course test", "-c", "user.email=test@example.invalid", "-c", "commit.gpgsign=false"]
-    for command in (["init", "--quiet"], ["add", "."], [*identity, "commit", "--quiet", "-m", "package"]):
+    init = ["init", "--quiet", f"--initial-branch={COURSE_REF}"]  # the ref the setup cell installs
+    for command in (init, ["add", "."], [*identity, "commit", "--quiet", "-m", "package"]):
         result = run(["git", *command], cwd=folder)
         assert result.returncode == 0, result.stderr
     return f"file://localhost{folder}"  # with a host: older pip rejects `name @ git+file:///path` (no netloc)

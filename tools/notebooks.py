@@ -1,8 +1,8 @@
 """Keep the course notebooks clean and consistent.
 
     python tools/notebooks.py strip [NOTEBOOK ...]  # remove outputs, execution counts and run metadata
-    python tools/notebooks.py sync [NOTEBOOK ...]   # write the repository URL (course_utils.config.REPOSITORY_URL)
-                                                    # into the notebooks' Colab/Binder links and install line
+    python tools/notebooks.py sync [NOTEBOOK ...]   # write the repository URL and ref (course_utils.config
+                                                    # REPOSITORY_URL, COURSE_REF) into the links and install line
     python tools/notebooks.py check [NOTEBOOK ...]  # fail if a notebook has outputs or breaks a convention
     python tools/notebooks.py student [NOTEBOOK ...]  # write the student versions into notebooks/student/
     python tools/notebooks.py html [NOTEBOOK ...]     # render the notebooks to HTML in build/html/
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import nbformat
 
-from course_utils.config import REPOSITORY_URL
+from course_utils.config import COURSE_REF, REPOSITORY_URL
 from course_utils.files import atomic_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,11 +57,15 @@ def course_notebooks() -> list[Path]:
 
 
 def links(name: str, folder: str = "notebooks") -> str:
-    """The markdown line of Colab and Binder links for notebook ``name`` in ``folder`` (text links, no images)."""
+    """The markdown line of Colab and Binder links for notebook ``name`` in ``folder`` at :data:`COURSE_REF`."""
     owner_repo = REPOSITORY_URL.removeprefix("https://github.com/")
-    colab = f"https://colab.research.google.com/github/{owner_repo}/blob/main/{folder}/{name}"
-    binder = f"https://mybinder.org/v2/gh/{owner_repo}/HEAD?labpath={folder.replace('/', '%2F')}%2F{name}"
+    colab = f"https://colab.research.google.com/github/{owner_repo}/blob/{COURSE_REF}/{folder}/{name}"
+    binder = f"https://mybinder.org/v2/gh/{owner_repo}/{COURSE_REF}?labpath={folder.replace('/', '%2F')}%2F{name}"
     return f"[Open in Colab]({colab}) · [Launch on Binder]({binder})"
+
+
+#: The Colab setup cell's install line: the package from the same ref as the notebook.
+INSTALL_LINE = '    %pip install --quiet "dl4rs-course @ git+{REPOSITORY_URL}@{COURSE_REF}"'
 
 
 def tags(cell: nbformat.NotebookNode) -> list[str]:
@@ -130,7 +134,7 @@ def strip(nb: nbformat.NotebookNode) -> None:
 
 
 def sync(nb: nbformat.NotebookNode, name: str) -> None:
-    """Point the notebook's links and install line at REPOSITORY_URL, in place."""
+    """Point the notebook's links and install line at REPOSITORY_URL and COURSE_REF, in place."""
     for cell in nb.cells:
         lines = cell.source.split("\n")
         for i, line in enumerate(lines):
@@ -138,6 +142,11 @@ def sync(nb: nbformat.NotebookNode, name: str) -> None:
                 lines[i] = links(name)
             elif cell.cell_type == "code" and line.startswith("REPOSITORY_URL = "):
                 lines[i] = f'REPOSITORY_URL = "{REPOSITORY_URL}"'
+                if i + 1 >= len(lines) or not lines[i + 1].startswith("COURSE_REF = "):
+                    lines.insert(i + 1, "")
+                lines[i + 1] = f'COURSE_REF = "{COURSE_REF}"'
+            elif cell.cell_type == "code" and line.lstrip().startswith("%pip install") and "git+{REPOSITORY_" in line:
+                lines[i] = INSTALL_LINE
         cell.source = "\n".join(lines)
 
 
@@ -154,8 +163,9 @@ def problems(nb: nbformat.NotebookNode, name: str) -> list[str]:
     text = "\n".join(c.source for c in nb.cells)
     if links(name) not in text:
         found.append("Colab/Binder links are missing or stale: run `python tools/notebooks.py sync`")
-    if f'REPOSITORY_URL = "{REPOSITORY_URL}"' not in text:
-        found.append("the setup cell's REPOSITORY_URL is missing or stale: run `python tools/notebooks.py sync`")
+    if f'REPOSITORY_URL = "{REPOSITORY_URL}"\nCOURSE_REF = "{COURSE_REF}"' not in text or INSTALL_LINE not in text:
+        found.append("the setup cell's REPOSITORY_URL, COURSE_REF or install line is missing or stale: "
+                     "run `python tools/notebooks.py sync`")  # fmt: skip
     if not any(re.search(r'setup_notebook\(\s*"' + re.escape(Path(name).stem) + '"', c.source) for c in nb.cells):
         found.append(f'no setup_notebook("{Path(name).stem}") call')
     return found + exercise_problems(nb) + typed_results(nb)
