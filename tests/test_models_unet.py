@@ -116,6 +116,11 @@ def test_plateau_schedule_with_patience_stops_when_it_stops_improving() -> None:
         device=torch.device("cpu"), progress=False, schedule="plateau", patience=2,
     )  # fmt: skip
     assert history.stopped_early and history.converged and len(history.records) < 30  # all background: mIoU flat
+    held = fit_segmentation(
+        UNet(width=4), data, data, loss_fn=nn.CrossEntropyLoss(), epochs=5, batch_size=2, lr=1e-2,
+        device=torch.device("cpu"), progress=False, hold=2,
+    )  # fmt: skip
+    assert held.column("lr") == pytest.approx([1e-2, 1e-2 * (0.05 + 0.95 * 0.75), 1e-2 * (0.05 + 0.95 * 0.25), 5e-4, 5e-4])
     with pytest.raises(ValueError, match="schedule"):
         fit_segmentation(model, data, data, loss_fn=nn.CrossEntropyLoss(), epochs=1, batch_size=2, lr=1e-2,
                          device=torch.device("cpu"), schedule="step")  # fmt: skip

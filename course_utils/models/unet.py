@@ -24,6 +24,7 @@ notebook 02 saved or trains it on the spot when it is missing.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,17 +48,18 @@ from course_utils.transforms import RandomCrop, RandomFlipRotate
 CLASS_NAMES = ("non-field", "interior", "edge")
 
 #: How the reference field U-Net is trained in each mode (notebook 02's parameters cell uses the same values).
-#: ``schedule``: ``"cosine"`` (cosine decay over ``epochs``) or ``"plateau"`` (the learning rate is multiplied by 0.3
-#: after two epochs without a better validation mIoU); ``patience``: stop after that many epochs without a better one
-#: (``None``: run every epoch). ``lite`` and ``full`` train until the validation mIoU stops improving
-#: (:attr:`course_utils.train.History.converged`); ``epochs`` is then only the upper limit.
+#: ``schedule``: ``"cosine"`` (the learning rate decays to ``lr / 20`` over ``epochs - hold`` epochs, then stays
+#: there for the last ``hold`` epochs) or ``"plateau"`` (multiplied by 0.3 after two epochs without a better
+#: validation mIoU); ``patience``: stop after that many epochs without a better one (``None``: run every epoch).
+#: In ``lite`` and ``full`` the low-rate ``hold`` epochs show whether the model had stopped improving
+#: (:attr:`course_utils.train.History.converged`).
 FIELD_UNET_RECIPE: dict[str, dict[str, Any]] = {
     "smoke": {"width": 8, "epochs": 1, "crop": 64, "batch_size": 4, "samples_per_epoch": 12, "lr": 3e-3,
-              "schedule": "cosine", "patience": None},
-    "lite": {"width": 16, "epochs": 30, "crop": 128, "batch_size": 8, "samples_per_epoch": 64, "lr": 3e-3,
-             "schedule": "plateau", "patience": 3},
-    "full": {"width": 32, "epochs": 60, "crop": 128, "batch_size": 16, "samples_per_epoch": 384, "lr": 2e-3,
-             "schedule": "plateau", "patience": 5},
+              "schedule": "cosine", "hold": 0, "patience": None},
+    "lite": {"width": 16, "epochs": 16, "crop": 128, "batch_size": 8, "samples_per_epoch": 64, "lr": 3e-3,
+             "schedule": "cosine", "hold": 4, "patience": 2},
+    "full": {"width": 32, "epochs": 45, "crop": 128, "batch_size": 16, "samples_per_epoch": 768, "lr": 2e-3,
+             "schedule": "cosine", "hold": 5, "patience": 3},
 }  # fmt: skip
 
 
@@ -176,25 +178,33 @@ def fit_segmentation(
     progress: bool = True,
     schedule: str = "cosine",
     patience: int | None = None,
+    hold: int = 0,
 ) -> History:
     """Train a segmentation model with AdamW; keep the weights of the best validation mIoU.
 
     Each epoch draws ``samples_per_epoch`` training samples with replacement (random crops of the chips,
     so an epoch can see each chip several times, each time another window and orientation).
-    ``schedule``: ``"cosine"`` decays the learning rate to ``lr / 20`` over ``epochs``; ``"plateau"`` multiplies
-    it by 0.3 after two epochs in a row without a better validation mIoU. ``patience``: stop after that many epochs
-    without a better one (``None``: run all ``epochs``).
+    ``schedule``: ``"cosine"`` decays the learning rate to ``lr / 20`` over ``epochs - hold`` epochs and keeps it
+    there for the last ``hold``; ``"plateau"`` multiplies it by 0.3 after two epochs in a row without a better
+    validation mIoU. ``patience``: stop after that many epochs without a better one (``None``: run all ``epochs``).
     """
     if schedule not in ("cosine", "plateau"):
         raise ValueError(f"schedule must be 'cosine' or 'plateau', got {schedule!r}")
+    if not 0 <= hold < epochs:
+        raise ValueError(f"hold must be at least 0 and less than epochs ({epochs}), got {hold}")
     draws = samples_per_epoch or len(train_set)
     sampler = torch.utils.data.RandomSampler(train_set, replacement=True, num_samples=draws)
     common = {"num_workers": num_workers, "pin_memory": device.type == "cuda", "persistent_workers": num_workers > 0}
     train_loader = torch.utils.data.DataLoader(train_set, batch_size, sampler=sampler, drop_last=True, **common)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size, **common)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    if schedule == "cosine":
+    if schedule == "cosine" and hold == 0:
         scheduler: Any = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=lr / 20)
+    elif schedule == "cosine":
+        decay = epochs - hold
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(epoch, decay) / decay))
+        )
     else:
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=1)
     return fit(
@@ -369,8 +379,8 @@ def load_or_train_field_unet(
         dataset: ``"generated"`` or a real dataset of :func:`field_datasets` (``"ftw-<country>"``, whose region
             is its country: ``region`` is then ignored); a real one is part of the file name.
         recipe: overrides of :data:`FIELD_UNET_RECIPE` (``width``, ``epochs``, ``crop``, ``batch_size``,
-            ``samples_per_epoch``, ``lr``, ``schedule``, ``patience``). The checkpoint is keyed by all of these settings
-            (:func:`field_unet_path`): a checkpoint trained otherwise is never loaded in its place.
+            ``samples_per_epoch``, ``lr``, ``schedule``, ``hold``, ``patience``). The checkpoint is keyed by all
+            of these settings (:func:`field_unet_path`): a checkpoint trained otherwise is never loaded in its place.
 
     Returns:
         ``(model, history)``: the model on the CPU in eval mode, with ``model.stats`` the normalisation
@@ -404,6 +414,7 @@ def load_or_train_field_unet(
                 progress=progress,
                 schedule=settings["schedule"],
                 patience=settings["patience"],
+                hold=settings["hold"],
             )  # fmt: skip
         )
         net.cpu()
