@@ -137,6 +137,26 @@ def test_ndvi_of_vegetation_and_soil() -> None:
     torch.testing.assert_close(fields.ndvi(torch.from_numpy(image.astype(np.int32))), torch.from_numpy(values))
 
 
+
+def test_ndvi_takes_band_names_or_indices_and_refuses_a_stack_it_cannot_read() -> None:
+    from course_utils.data.landscape import S2_BANDS
+
+    rng = np.random.default_rng(0)
+    stack = rng.integers(100, 5000, size=(2, len(S2_BANDS), 3, 5)).astype(np.uint16)  # [batch, 12 bands, H, W]
+    red, nir = stack[:, 3].astype(np.float32), stack[:, 7].astype(np.float32)  # B4, B8
+    expected = (nir - red) / (nir + red + 1e-6)
+    np.testing.assert_allclose(fields.ndvi(stack, red="B4", nir="B8", bands=S2_BANDS), expected, rtol=1e-6)
+    np.testing.assert_allclose(fields.ndvi(stack, red=3, nir=7), expected, rtol=1e-6)
+    np.testing.assert_allclose(fields.ndvi(torch.from_numpy(stack.astype(np.int32)), red=3, nir=-5).numpy(), expected)
+    with pytest.raises(ValueError, match="has 12 bands but bands= names 4"):
+        fields.ndvi(stack)  # the 4-band default names on a 12-band stack would read B3 and B4
+    with pytest.raises(ValueError, match="red band 'B4' is not one of the bands blue, green, red, nir"):
+        fields.ndvi(stack[:, :4], red="B4")
+    with pytest.raises(IndexError, match="nir band index 12 is outside the 12 bands"):
+        fields.ndvi(stack, red=3, nir=12)
+    chip = stack[0, [1, 2, 3, 7]]  # a 4-band B, G, R, NIR chip: the default still reads red and NIR
+    np.testing.assert_allclose(fields.ndvi(chip), expected[0], rtol=1e-6)
+
 def test_bad_split_region_or_stats_say_what_to_do(smoke: Path) -> None:
     with pytest.raises(ValueError, match="split 'training' is not one of train, val, test, scene"):
         fields.FieldChipDataset("training", mode="smoke")

@@ -23,7 +23,7 @@ and ``commercial`` (3-15 ha fields, early season, pale sandy soil); see :data:`R
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -481,14 +481,47 @@ def ensure_fields(mode: str | None = None, seed: int = 0) -> Path:
     return ensure_generated(FAMILY, mode or get_mode(), seed, generate)
 
 
-def ndvi(image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-    """Normalised difference vegetation index ``(NIR - red) / (NIR + red)`` of a ``[4, H, W]`` B,G,R,NIR image.
+def ndvi(
+    image: np.ndarray | torch.Tensor,
+    red: int | str = "red",
+    nir: int | str = "nir",
+    bands: Sequence[str] = BANDS,
+) -> np.ndarray | torch.Tensor:
+    """Normalised difference vegetation index ``(NIR - red) / (NIR + red)`` of an image ``[..., bands, H, W]``.
 
-    Use reflectance (or the stored uint16 values), not normalised images: the ratio needs a zero offset.
+    Args:
+        image: reflectance (or the stored uint16 values), not normalised images: the ratio needs a zero offset.
+        red, nir: the red and near-infrared bands, each a band index or a name in ``bands``. The defaults fit
+            the course's 4-band field chips (:data:`BANDS`: blue, green, red, NIR); for a 12-band Sentinel-2 stack
+            pass ``red="B4", nir="B8", bands=S2_BANDS`` (:data:`course_utils.data.landscape.S2_BANDS`), or the
+            indices ``red=3, nir=7``.
+        bands: the names of the image's bands, in order; used to look up names and to check the band count.
+
+    Raises:
+        ValueError: a band name not in ``bands``, or a name used on an image whose band count is not ``len(bands)``
+            (a 12-band stack with the 4-band default names would otherwise read the wrong bands).
+        IndexError: a band index outside the image's bands.
     """
     image = image.float() if isinstance(image, torch.Tensor) else np.asarray(image, dtype=np.float32)
-    red, nir = image[..., 2, :, :], image[..., 3, :, :]
-    return (nir - red) / (nir + red + 1e-6)
+    count = image.shape[-3] if image.ndim >= 3 else 0
+    positions = []
+    for role, band in (("red", red), ("nir", nir)):
+        if isinstance(band, str):
+            if band not in bands:
+                raise ValueError(f"{role} band {band!r} is not one of the bands {', '.join(bands)}; "
+                                 f"pass bands= with the image's band names, or {role}= a band index.")  # fmt: skip
+            if count != len(bands):
+                raise ValueError(
+                    f"image of shape {tuple(image.shape)} has {count} bands but bands= names {len(bands)} "
+                    f"({', '.join(bands)}); pass the image's band names as bands= (e.g. S2_BANDS for a Sentinel-2 "
+                    f"stack) or the band indices as red= and nir=."
+                )
+            band = bands.index(band)
+        if not -count <= int(band) < count:
+            raise IndexError(f"{role} band index {band} is outside the {count} bands of an image {tuple(image.shape)}.")
+        positions.append(int(band))
+    red_band, nir_band = image[..., positions[0], :, :], image[..., positions[1], :, :]
+    return (nir_band - red_band) / (nir_band + red_band + 1e-6)
 
 
 # ----------------------------------------------------------------------------------------------- dataset
