@@ -46,7 +46,14 @@ from course_utils.data.fields import BANDS, FieldChipDataset, ensure_fields
 from course_utils.files import atomic_path, stop_cleanly_on_sigterm
 from course_utils.geo import read_raster
 from course_utils.losses import LOSS_NAMES, class_weights, make_loss
-from course_utils.models.unet import CLASS_NAMES, FIELD_UNET_RECIPE, UNet, field_unet_path, field_unet_recipe
+from course_utils.models.unet import (
+    CLASS_NAMES,
+    FIELD_UNET_RECIPE,
+    UNet,
+    field_unet_path,
+    field_unet_recipe,
+    segmentation_scheduler,
+)
 from course_utils.train import History, fit, loader_options, save_weights
 from course_utils.transforms import RandomCrop, RandomFlipRotate
 
@@ -201,7 +208,7 @@ def train(args: argparse.Namespace) -> History:
                               **(options | {"persistent_workers": False}))  # fmt: skip
     val_loader = DataLoader(val_set, max(1, batch // world), **options)
     optimizer = torch.optim.AdamW(network.parameters(), lr=recipe["lr"], weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe["epochs"], eta_min=recipe["lr"] / 20)
+    scheduler = segmentation_scheduler(optimizer, recipe["schedule"], recipe["epochs"], recipe["hold"])
     if rank == 0:
         print(f"training field U-Net ({args.region}, {mode}) on {world} x {device.type}, global batch {batch} "
               f"({batch // world} per process), {draws} crops per epoch, {recipe['epochs']} epochs")  # fmt: skip
@@ -209,7 +216,8 @@ def train(args: argparse.Namespace) -> History:
     history = fit(
         network, train_loader, val_loader, loss_fn=make_loss(args.loss, class_weights(masks, len(CLASS_NAMES))),
         optimizer=optimizer, epochs=recipe["epochs"], device=device, num_classes=len(CLASS_NAMES),
-        monitor="val_miou", scheduler=scheduler, checkpoint=args.checkpoint, amp=args.amp and device.type == "cuda",
+        monitor="val_miou", scheduler=scheduler, patience=recipe["patience"], checkpoint=args.checkpoint,
+        amp=args.amp and device.type == "cuda",
         progress=rank == 0, channels_last=args.channels_last, compile_model=args.compile,
     )  # fmt: skip
     if rank == 0:

@@ -178,6 +178,24 @@ def field_datasets(
     return train, val, test
 
 
+def segmentation_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int, hold: int = 0) -> Any:
+    """The learning-rate schedule of :func:`fit_segmentation` (and of ``python -m course_utils.train_fields``).
+
+    ``"cosine"``: from the optimizer's rate down to a twentieth over ``epochs - hold`` epochs, held there for the
+    last ``hold``; ``"plateau"``: times 0.3 after two epochs in a row without a better validation mIoU.
+    """
+    if schedule not in ("cosine", "plateau"):
+        raise ValueError(f"schedule must be 'cosine' or 'plateau', got {schedule!r}")
+    if not 0 <= hold < epochs:
+        raise ValueError(f"hold must be at least 0 and less than epochs ({epochs}), got {hold}")
+    if schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=1)
+    decay = epochs - hold
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda epoch: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(epoch, decay) / decay))
+    )
+
+
 def fit_segmentation(
     model: nn.Module,
     train_set: torch.utils.data.Dataset,
@@ -205,25 +223,13 @@ def fit_segmentation(
     there for the last ``hold``; ``"plateau"`` multiplies it by 0.3 after two epochs in a row without a better
     validation mIoU. ``patience``: stop after that many epochs without a better one (``None``: run all ``epochs``).
     """
-    if schedule not in ("cosine", "plateau"):
-        raise ValueError(f"schedule must be 'cosine' or 'plateau', got {schedule!r}")
-    if not 0 <= hold < epochs:
-        raise ValueError(f"hold must be at least 0 and less than epochs ({epochs}), got {hold}")
     draws = samples_per_epoch or len(train_set)
     sampler = torch.utils.data.RandomSampler(train_set, replacement=True, num_samples=draws)
     common = {"num_workers": num_workers, "pin_memory": device.type == "cuda", "persistent_workers": num_workers > 0}
     train_loader = torch.utils.data.DataLoader(train_set, batch_size, sampler=sampler, drop_last=True, **common)
     val_loader = torch.utils.data.DataLoader(val_set, min(batch_size, 2), **common)  # whole chips: small batches
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    if schedule == "cosine" and hold == 0:
-        scheduler: Any = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=lr / 20)
-    elif schedule == "cosine":
-        decay = epochs - hold
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda epoch: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(epoch, decay) / decay))
-        )
-    else:
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=1)
+    scheduler = segmentation_scheduler(optimizer, schedule, epochs, hold)
     history = fit(
         model, train_loader, val_loader, loss_fn=loss_fn.to(device), optimizer=optimizer, epochs=epochs,
         device=device, num_classes=num_classes, monitor="val_miou", scheduler=scheduler, patience=patience,
