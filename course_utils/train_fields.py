@@ -228,6 +228,7 @@ def train(args: argparse.Namespace) -> History:
         print(f"best epoch {history.best_epoch}: val mIoU {best['val_miou']:.3f}, train loss {best['train_loss']:.4f}"
               f" in {time.perf_counter() - started:.1f} s -> {out}")  # fmt: skip
     if world > 1:
+        torch.distributed.barrier()  # leave together: a rank that exits while rank 0 still writes can abort gloo
         torch.distributed.destroy_process_group()
     return history
 
