@@ -538,9 +538,10 @@ def load_or_train(
     if path.is_file():
         saved = load_checkpoint(path)
         state = saved["state_dict"] if "state_dict" in saved else saved
-        if recipe is not None and _differences(saved.get("recipe", {}), dict(recipe)):
+        differences = _differences(saved.get("recipe", {}), dict(recipe)) if recipe is not None else []
+        if differences:
             raise ValueError(f"{path} records another recipe than its key says; delete it to retrain:\n  "
-                             + "\n  ".join(_differences(saved.get("recipe", {}), dict(recipe))))  # fmt: skip
+                             + "\n  ".join(differences))  # fmt: skip
         try:
             model.load_state_dict(state)
         except RuntimeError as error:

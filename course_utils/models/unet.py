@@ -270,8 +270,7 @@ def field_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
         key = name.replace("-", "")
         scores[f"iou_{key}"], scores[f"f1_{key}"] = float(iou), float(f1)
     scores["miou"] = float(np.nanmean(iou_per_class(cm)))
-    extent = confusion_matrix(np.asarray(predicted) > 0, np.asarray(truth) > 0, 2)
-    scores["extent_iou"] = float(iou_per_class(extent)[1])
+    scores["extent_iou"] = float(iou_per_class(_extent_confusion(cm))[1])
     return scores
 
 
@@ -295,10 +294,14 @@ def class_miou(cm: np.ndarray) -> float:
     return float(np.nan_to_num(iou_per_class(cm)).mean())
 
 
+def _extent_confusion(cm: np.ndarray) -> np.ndarray:
+    """The 2-class (non-field, field) confusion matrix of a 3-class one: interior and edge merged."""
+    return np.array([[cm[0, 0], cm[0, 1:].sum()], [cm[1:, 0].sum(), cm[1:, 1:].sum()]])
+
+
 def extent_iou(cm: np.ndarray) -> float:
     """Field-extent IoU (interior and edge together against non-field) from a 3-class confusion matrix."""
-    field_hit = cm[1:, 1:].sum()
-    return float(field_hit / max(cm[1:, :].sum() + cm[:, 1:].sum() - field_hit, 1))
+    return float(np.nan_to_num(iou_per_class(_extent_confusion(cm))[1]))
 
 
 def fields_found(predicted: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> np.ndarray:
