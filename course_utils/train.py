@@ -231,13 +231,23 @@ def evaluate(
 
 @dataclass
 class History:
-    """What :func:`fit` did: one record per epoch, the best epoch and the monitored value there."""
+    """What :func:`fit` did: one record per epoch, the best epoch and the monitored value there.
+
+    ``improved_epoch`` is the last epoch that beat the best before it by more than ``min_delta``: smaller gains
+    keep the better weights but count neither as "still improving" (:attr:`converged`) nor for patience.
+    """
 
     records: list[dict[str, float]] = field(default_factory=list)
     monitor: str = "val_loss"
     best_epoch: int = 0
     best_value: float = math.nan
     stopped_early: bool = False
+    min_delta: float = 0.0
+    improved_epoch: int | None = None  # None: the best epoch (as in files written before it was recorded)
+
+    def __post_init__(self) -> None:
+        if self.improved_epoch is None:
+            self.improved_epoch = self.best_epoch
 
     def column(self, name: str) -> list[float]:
         """One value per epoch, e.g. ``history.column("val_loss")``."""
@@ -250,11 +260,12 @@ class History:
 
     @property
     def converged(self) -> bool:
-        """Whether the monitored value had stopped improving: the best epoch is not the last one run.
+        """Whether the monitored value had stopped improving: the last epoch run did not beat the best before
+        it by more than ``min_delta``.
 
         ``False`` means the run was still improving when it ended; train longer before drawing conclusions.
         """
-        return bool(self.records) and self.best_epoch < self.records[-1]["epoch"]
+        return bool(self.records) and (self.improved_epoch or 0) < self.records[-1]["epoch"]
 
 
 def _save_atomic(payload: Any, path: Path) -> None:
@@ -372,6 +383,7 @@ def fit(
     ignore_index: int | None = None,
     monitor: str = "val_loss",
     patience: int | None = None,
+    min_delta: float = 0.0,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     checkpoint: str | os.PathLike | None = None,
     amp: bool = False,
@@ -395,6 +407,8 @@ def fit(
         monitor: the history column that decides the best epoch; ``*loss`` is minimised, anything else
             maximised.
         patience: stop after this many epochs without improvement (``None``: never stop early).
+        min_delta: the smallest gain of the monitored value that counts as an improvement, for ``patience`` and
+            :attr:`History.converged` (the best weights are kept whatever the gain).
         scheduler: stepped once per epoch (``ReduceLROnPlateau`` gets the monitored value).
         checkpoint: file for the latest state and the best weights; if it exists, training resumes from it.
             It records the settings it was written with (architecture, optimizer hyperparameters, scheduler,
@@ -421,7 +435,7 @@ def fit(
     dtype = amp_dtype(device) if amp else None
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)  # float16 gradients underflow
     rank, world = _rank_and_world()
-    history = History(monitor=monitor)
+    history = History(monitor=monitor, min_delta=min_delta)
     best_state: dict[str, torch.Tensor] | None = None
     start = 1
     path = Path(checkpoint) if checkpoint is not None else None
@@ -440,13 +454,13 @@ def fit(
             scheduler.load_state_dict(saved["scheduler"])
         if saved.get("scaler") is not None:
             scaler.load_state_dict(saved["scaler"])
-        history, best_state = History(**saved["history"]), saved["best_state"]
+        history, best_state = History(**saved["history"] | {"min_delta": min_delta}), saved["best_state"]
         start = history.records[-1]["epoch"] + 1 if history.records else 1
         print(f"resuming from {path} after epoch {start - 1}")
     if history.stopped_early:
         epochs = start - 1  # the saved run had stopped early: there is nothing left to train
     minimise = monitor.endswith("loss")
-    waited = start - 1 - history.best_epoch if history.records else 0
+    waited = start - 1 - history.improved_epoch if history.records else 0
     bar = tqdm(range(start, epochs + 1), desc="epochs", disable=not progress, leave=True)
     for epoch in bar:
         started = time.perf_counter()
@@ -483,9 +497,12 @@ def fit(
             raise KeyError(f"monitor {monitor!r} is not in the history columns {sorted(record)}")
         value = record[monitor]
         best = history.best_value
-        if math.isnan(best) or (value < best if minimise else value > best):
-            history.best_epoch, history.best_value, waited = epoch, value, 0
+        gain = math.inf if math.isnan(best) else (best - value if minimise else value - best)
+        if gain > 0:
+            history.best_epoch, history.best_value = epoch, value
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # a copy, not a view
+        if gain > min_delta:
+            history.improved_epoch, waited = epoch, 0
         else:
             waited += 1
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

@@ -216,7 +216,8 @@ def train(args: argparse.Namespace) -> History:
     history = fit(
         network, train_loader, val_loader, loss_fn=make_loss(args.loss, class_weights(masks, len(CLASS_NAMES))),
         optimizer=optimizer, epochs=recipe["epochs"], device=device, num_classes=len(CLASS_NAMES),
-        monitor="val_miou", scheduler=scheduler, patience=recipe["patience"], checkpoint=args.checkpoint,
+        monitor="val_miou", scheduler=scheduler, patience=recipe["patience"], min_delta=recipe["min_delta"],
+        checkpoint=args.checkpoint,
         amp=args.amp and device.type == "cuda",
         progress=rank == 0, channels_last=args.channels_last, compile_model=args.compile,
     )  # fmt: skip

@@ -300,3 +300,21 @@ def test_history_says_whether_the_run_was_still_improving() -> None:
     improving = History(records=[{"epoch": 1}, {"epoch": 2}], best_epoch=2)
     settled = History(records=[{"epoch": 1}, {"epoch": 2}, {"epoch": 3}], best_epoch=2)
     assert not improving.converged and settled.converged and not History().converged
+
+
+def test_gains_below_min_delta_keep_the_weights_but_do_not_count_as_improving() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    train, val = loaders()
+    slow = torch.optim.SGD(model.parameters(), lr=1e-4)  # the validation loss falls a little every epoch
+    history = fit(
+        model, train, val, loss_fn=nn.CrossEntropyLoss(), optimizer=slow, epochs=8, device=CPU, patience=2,
+        min_delta=1.0, progress=False,
+    )  # fmt: skip
+    losses = history.column("val_loss")
+    assert losses == sorted(losses, reverse=True) and losses[-1] < losses[0]  # every epoch a (tiny) gain
+    assert len(losses) == 3 and history.stopped_early  # epoch 1 improves on nothing; 2 and 3 gain < 1.0
+    assert history.best_epoch == 3 and history.improved_epoch == 1 and history.converged
+    assert evaluate(model, val, nn.CrossEntropyLoss(), CPU)["loss"] == pytest.approx(losses[-1], rel=1e-5)
+    strict = History(records=history.records, best_epoch=3, best_value=losses[-1])  # min_delta 0: still improving
+    assert not strict.converged

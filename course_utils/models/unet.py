@@ -53,16 +53,17 @@ CLASS_NAMES = ("non-field", "interior", "edge")
 #: How the reference field U-Net is trained in each mode (notebook 02's parameters cell uses the same values).
 #: ``schedule``: ``"cosine"`` (the learning rate decays to ``lr / 20`` over ``epochs - hold`` epochs, then stays
 #: there for the last ``hold`` epochs) or ``"plateau"`` (multiplied by 0.3 after two epochs without a better
-#: validation mIoU); ``patience``: stop after that many epochs without a better one (``None``: run every epoch).
+#: validation mIoU); ``patience``: stop after that many epochs without a better one (``None``: run every epoch);
+#: ``min_delta``: the smallest gain in validation mIoU that counts as better (for ``patience`` and ``converged``).
 #: In ``lite`` and ``full`` the low-rate ``hold`` epochs show whether the model had stopped improving
 #: (:attr:`course_utils.train.History.converged`).
 FIELD_UNET_RECIPE: dict[str, dict[str, Any]] = {
     "smoke": {"width": 8, "epochs": 1, "crop": 64, "batch_size": 4, "samples_per_epoch": 12, "lr": 3e-3,
-              "schedule": "cosine", "hold": 0, "patience": None},
+              "schedule": "cosine", "hold": 0, "patience": None, "min_delta": 0.005},
     "lite": {"width": 16, "epochs": 16, "crop": 128, "batch_size": 8, "samples_per_epoch": 64, "lr": 3e-3,
-             "schedule": "cosine", "hold": 4, "patience": None},
+             "schedule": "cosine", "hold": 4, "patience": None, "min_delta": 0.005},
     "full": {"width": 32, "epochs": 45, "crop": 128, "batch_size": 16, "samples_per_epoch": 768, "lr": 2e-3,
-             "schedule": "cosine", "hold": 5, "patience": 5},
+             "schedule": "cosine", "hold": 5, "patience": 5, "min_delta": 0.005},
 }  # fmt: skip
 
 
@@ -214,6 +215,7 @@ def fit_segmentation(
     schedule: str = "cosine",
     patience: int | None = None,
     hold: int = 0,
+    min_delta: float = 0.0,
 ) -> History:
     """Train a segmentation model with AdamW; keep the weights of the best validation mIoU.
 
@@ -221,7 +223,8 @@ def fit_segmentation(
     so an epoch can see each chip several times, each time another window and orientation).
     ``schedule``: ``"cosine"`` decays the learning rate to ``lr / 20`` over ``epochs - hold`` epochs and keeps it
     there for the last ``hold``; ``"plateau"`` multiplies it by 0.3 after two epochs in a row without a better
-    validation mIoU. ``patience``: stop after that many epochs without a better one (``None``: run all ``epochs``).
+    validation mIoU. ``patience``: stop after that many epochs without a better one (``None``: run all ``epochs``);
+    ``min_delta``: the smallest gain in validation mIoU that counts as better (:func:`course_utils.train.fit`).
     """
     draws = samples_per_epoch or len(train_set)
     sampler = torch.utils.data.RandomSampler(train_set, replacement=True, num_samples=draws)
@@ -233,7 +236,7 @@ def fit_segmentation(
     history = fit(
         model, train_loader, val_loader, loss_fn=loss_fn.to(device), optimizer=optimizer, epochs=epochs,
         device=device, num_classes=num_classes, monitor="val_miou", scheduler=scheduler, patience=patience,
-        amp=device.type == "cuda", progress=progress,
+        min_delta=min_delta, amp=device.type == "cuda", progress=progress,
     )  # fmt: skip
     del optimizer, scheduler, train_loader, val_loader
     release_memory()  # the activations of training are garbage now
@@ -242,9 +245,12 @@ def fit_segmentation(
 
 @torch.no_grad()
 def predict_masks(
-    model: nn.Module, dataset: torch.utils.data.Dataset, device: torch.device | None = None, batch_size: int = 4
+    model: nn.Module, dataset: torch.utils.data.Dataset, device: torch.device | None = None, batch_size: int = 2
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted (argmax) and true masks ``[N, H, W]`` of every sample of a dataset, in eval mode."""
+    """Predicted (argmax) and true masks ``[N, H, W]`` of every sample of a dataset, in eval mode.
+
+    Small batches of whole chips and :func:`release_memory` afterwards keep the peak memory low (Binder: 2 GB).
+    """
     device = device or get_device()
     was_training = model.training
     model.to(device).eval()
@@ -255,6 +261,7 @@ def predict_masks(
         predicted.append(logits.argmax(1).cpu().numpy().astype(np.uint8))
         truth.append(batch["mask"].numpy().astype(np.uint8))
     model.train(was_training)
+    release_memory()
     return np.concatenate(predicted), np.concatenate(truth)
 
 
@@ -408,8 +415,9 @@ def load_or_train_field_unet(
         dataset: ``"generated"`` or a real dataset of :func:`field_datasets` (``"ftw-<country>"``, whose region
             is its country: ``region`` is then ignored); a real one is part of the file name.
         recipe: overrides of :data:`FIELD_UNET_RECIPE` (``width``, ``epochs``, ``crop``, ``batch_size``,
-            ``samples_per_epoch``, ``lr``, ``schedule``, ``hold``, ``patience``). The checkpoint is keyed by all
-            of these settings (:func:`field_unet_path`): a checkpoint trained otherwise is never loaded in its place.
+            ``samples_per_epoch``, ``lr``, ``schedule``, ``hold``, ``patience``, ``min_delta``). The checkpoint is
+            keyed by all of these settings (:func:`field_unet_path`): a checkpoint trained otherwise is never
+            loaded in its place.
 
     Returns:
         ``(model, history)``: the model on the CPU in eval mode, with ``model.stats`` the normalisation
@@ -444,6 +452,7 @@ def load_or_train_field_unet(
                 schedule=settings["schedule"],
                 patience=settings["patience"],
                 hold=settings["hold"],
+                min_delta=settings["min_delta"],
             )  # fmt: skip
         )
         net.cpu()
