@@ -157,10 +157,30 @@ def test_catalog_covers_every_class_in_every_split_and_region(folder: Path, obse
     assert (catalog["crop"] == [CROP_CLASSES[label] for label in catalog["label"]]).all()
     counts = observations.groupby("parcel_id").size()
     assert (counts.reindex(catalog["id"]).to_numpy() == catalog["n_obs"].to_numpy()).all()
-    assert catalog["n_obs"].between(30, 70).all() and catalog["n_obs"].nunique() > 10
+    assert catalog["n_obs"].between(*parcels.OBSERVATIONS_PER_PARCEL).all() and catalog["n_obs"].nunique() > 10
     # imbalanced like real data: meadows and wheat common, nuts rare
     share = catalog["crop"].value_counts(normalize=True)
     assert share["temporary_meadows"] > 3 * share["nuts"] and share["wheat"] > 2 * share["nuts"]
+
+
+def test_rare_classes_get_extra_test_parcels() -> None:
+    table = parcels._parcel_table(parcels.REGIONS[0], 300, 20, np.random.default_rng(0))
+    counts = pd.crosstab(table["crop"], table["split"])
+    assert (counts["test"] >= 20).all() and (counts["train"] >= 4).all() and (counts["val"] >= 1).all()
+    common = counts["train"].idxmax()  # the 70/15/15 split where a class is common enough
+    assert counts.loc[common, "test"] == 20 or counts.loc[common, "test"] == counts.loc[common, "val"]
+    assert table["parcel_id"].is_unique and len(table) == counts.to_numpy().sum()
+
+
+def test_look_alike_crops_differ_by_timing_only() -> None:
+    pairs = (("barley", "wheat", 14), ("sunflower", "corn", 18))  # (earlier, later, at least so many days apart)
+    for early, late, days in pairs:
+        a, b = parcels.PHENOLOGY[early], parcels.PHENOLOGY[late]
+        assert b.green_up - a.green_up >= days and b.harvest - a.harvest >= days
+        assert abs(a.winter_green - b.winter_green) < 0.01 and abs(a.peak_green - b.peak_green) < 0.05
+        # the season's length and the wait from senescence to harvest are about the same
+        assert abs((b.senescence - b.green_up) - (a.senescence - a.green_up)) <= 12
+        assert abs((b.harvest - b.senescence) - (a.harvest - a.senescence)) <= 8
 
 
 def test_parcel_polygons_are_realistic_fields(folder: Path) -> None:
@@ -201,7 +221,8 @@ def test_summer_crops_peak_later_than_winter_cereals(observations: pd.DataFrame)
 def test_meadows_stay_green_and_bare_soil_is_not(observations: pd.DataFrame) -> None:
     for crop in ("permanent_meadows", "temporary_meadows"):
         ndvi = mean_ndvi_by_period(observations, crop, days=30)
-        assert len(ndvi) >= 12 and ndvi.min() > 0.35, (crop, ndvi.round(2).to_dict())
+        months = ndvi.iloc[:12]  # the last period holds the few dates of the year's last five days
+        assert len(ndvi) >= 12 and months.min() > 0.25, (crop, ndvi.round(2).to_dict())
     corn_winter = mean_ndvi_by_period(observations, "corn", days=30).iloc[:3]
     assert corn_winter.max() < 0.2  # bare soil before maize is sown
 
@@ -209,7 +230,7 @@ def test_meadows_stay_green_and_bare_soil_is_not(observations: pd.DataFrame) -> 
 def test_region_b_greens_up_earlier(observations: pd.DataFrame) -> None:
     for crop in ("wheat", "corn"):
         days_a, days_b = green_up_day(observations, crop, "A"), green_up_day(observations, crop, "B")
-        assert days_a - days_b >= 8, (crop, days_a, days_b)  # 18 days in the generator
+        assert 8 <= days_a - days_b <= 28, (crop, days_a, days_b)  # 18 days in the generator
 
 
 def test_flagged_clouds_are_bright_and_flat(observations: pd.DataFrame) -> None:
@@ -280,15 +301,15 @@ def test_collate_padded_batches_series_of_different_lengths(course_data_dir: Pat
 
 
 def test_random_forest_on_flattened_series_beats_the_majority_class(course_data_dir: Path) -> None:
-    train = ParcelSeriesDataset("train", mode="smoke", seq_len=None)
-    test = ParcelSeriesDataset("test", mode="smoke", seq_len=None, stats=train.stats)
+    train = ParcelSeriesDataset("train", mode="smoke", seq_len=None, drop_cloudy=True)  # cloud-masked, as in 06
+    test = ParcelSeriesDataset("test", mode="smoke", seq_len=None, drop_cloudy=True, stats=train.stats)
     features, labels = flatten_for_baseline(train)
     assert features.shape == (len(train), 37 * 13) and np.isfinite(features).all()
     forest = RandomForestClassifier(n_estimators=100, random_state=0, n_jobs=1).fit(features, labels)
     test_features, test_labels = flatten_for_baseline(test)
     accuracy = (forest.predict(test_features) == test_labels).mean()
     majority = np.bincount(test_labels).max() / len(test_labels)
-    assert accuracy > majority + 0.3, (accuracy, majority)
+    assert accuracy > majority + 0.25, (accuracy, majority)
 
 
 def test_bad_split_or_region_says_what_exists(course_data_dir: Path) -> None:
@@ -302,7 +323,7 @@ def test_interrupted_generation_leaves_nothing_behind(course_data_dir: Path, mon
     def fail(*args: object) -> None:
         raise KeyboardInterrupt("simulated interruption")
 
-    target = dataset_dir("parcels", "smoke", 7)
+    target = dataset_dir(parcels.FAMILY, "smoke", 7)
     with monkeypatch.context() as patch:
         patch.setattr(parcels, "_parcel_polygons", fail)
         with pytest.raises(KeyboardInterrupt):

@@ -4,10 +4,12 @@ The physics, in the order the generator applies it:
 
 1. **Phenology.** Each crop covers its parcel with a green canopy that grows and senesces along a
    double-logistic curve: ``green = winter + peak * rise(t) * (1 - fall(t))``. Winter cereals are
-   green in January and harvested in summer (barley ~2 weeks before wheat); maize and sunflower start
-   from bare soil in late spring; rapeseed flowers yellow in April; orchards and nut trees keep a green
-   understorey and leaf out/off; meadows stay green and drop at each mowing. Senesced canopy turns into
-   dry matter (straw) until the harvest removes it. Every parcel shifts the dates and scales the amplitude.
+   green in January and harvested in summer; maize and sunflower start from bare soil in late spring;
+   rapeseed flowers yellow in April; orchards and nut trees keep a green understorey and leaf out/off;
+   meadows stay green and drop at each mowing. Two pairs of look-alikes differ by their timing only: barley
+   follows wheat's curve about two weeks earlier, sunflower corn's about three weeks earlier. Senesced
+   canopy turns into dry matter (straw) until the harvest removes it. Every parcel shifts its whole season
+   (about a week either way) and scales its peak and its winter cover.
 2. **Spectral mixing.** A parcel's surface reflectance mixes four endmember spectra by their cover:
    soil (brightness per parcel, darker when wet in winter), green vegetation (red absorption, red-edge,
    NIR plateau, SWIR water absorption), dry vegetation and yellow flowers.
@@ -48,7 +50,8 @@ from torch.utils.data import Dataset
 from course_utils.config import by_mode, get_mode
 from course_utils.data.store import band_statistics, ensure_generated, read_catalog
 
-FAMILY = "parcels"
+FAMILY = "parcels-v2"
+"""The cache folder's family name; the suffix is the generator's version, raised whenever its output changes."""
 YEAR = 2017
 SPLITS = ("train", "val", "test")
 REFLECTANCE_SCALE = 10_000
@@ -101,11 +104,11 @@ class Phenology:
 
 
 PHENOLOGY: dict[str, Phenology] = {
-    "barley": Phenology(0.25, 0.60, green_up=68, senescence=150, harvest=188, regrowth=0.25),
-    "wheat": Phenology(0.20, 0.65, green_up=82, senescence=166, harvest=205, regrowth=0.20),
+    "barley": Phenology(0.22, 0.62, green_up=66, senescence=149, harvest=187, regrowth=0.22),
+    "wheat": Phenology(0.22, 0.62, green_up=82, senescence=165, harvest=203, regrowth=0.22),
     "rapeseed": Phenology(0.35, 0.50, green_up=58, senescence=152, harvest=192, regrowth=0.30, flowering=0.45),
-    "corn": Phenology(0.00, 0.85, green_up=172, senescence=258, harvest=285),
-    "sunflower": Phenology(0.00, 0.70, green_up=152, senescence=218, harvest=255),
+    "corn": Phenology(0.00, 0.80, green_up=172, senescence=250, harvest=280),
+    "sunflower": Phenology(0.00, 0.76, green_up=152, senescence=230, harvest=260),
     "orchards": Phenology(0.35, 0.35, green_up=105, senescence=295, annual=False),
     "nuts": Phenology(0.12, 0.55, green_up=125, senescence=285, annual=False),
     "permanent_meadows": Phenology(0.52, 0.32, green_up=75, senescence=298, annual=False, cuts=(1, 3)),
@@ -138,7 +141,7 @@ REGIONS = (
         field_size_m=130.0,
         phenology_shift_days=0.0,
         soil_brightness=1.0,
-        cloudiness=0.45,
+        cloudiness=0.55,
         orbit_offset_days=2,
         class_share=(8, 18, 4, 20, 1, 2, 0.5, 22, 24),
         parcel_share=0.6,
@@ -149,7 +152,7 @@ REGIONS = (
         field_size_m=230.0,
         phenology_shift_days=-18.0,
         soil_brightness=1.25,
-        cloudiness=0.30,
+        cloudiness=0.40,
         orbit_offset_days=4,
         class_share=(10, 20, 8, 18, 12, 3, 3, 14, 12),
         parcel_share=0.4,
@@ -157,9 +160,18 @@ REGIONS = (
 )
 UTM_CRS = "EPSG:32630"
 N_PARCELS = {"smoke": 300, "lite": 3000, "full": 15000}
-MIN_PARCELS_PER_CLASS = 6  # per region, so every class has >= 4 train, 1 val, 1 test parcels
-OBSERVATIONS_PER_PARCEL = (30, 70)
-FLAGGED_SHARE = 0.85  # of the cloudy observations; the rest are missed by the cloud mask
+"""Parcels of both regions together, split 70/15/15 (rare classes get extra test parcels, see below)."""
+MIN_PARCELS_PER_CLASS = 6  # per region, so every class has >= 4 train and 1 val parcels
+MIN_TEST_PER_CLASS = {"smoke": 1, "lite": 60, "full": 150}
+"""Test parcels per class and region at least: enough for per-class claims even for the rarest crops."""
+OBSERVATIONS_PER_PARCEL = (15, 45)
+FLAGGED_SHARE = 0.7  # of the cloudy observations; the rest are missed by the cloud mask
+SEASON_SPREAD_DAYS = 6.0
+"""Standard deviation of a parcel's shift of its whole season (sowing date, variety, microclimate)."""
+AMPLITUDE_RANGE = (0.6, 1.15)
+"""The range of the factor on a parcel's peak green cover (density, vigour)."""
+COVER_RANGE = (0.5, 1.5)
+"""The range of the factor on a parcel's winter and regrowth cover (weeds, cover crops, sowing density)."""
 
 
 def ensure_parcels(mode: str | None = None, seed: int = 0) -> Path:
@@ -175,12 +187,12 @@ def generate(folder: Path, mode: str, seed: int) -> None:
         mode: ``smoke`` (~300 parcels), ``lite`` (~3000) or ``full`` (~15000).
         seed: the same seed gives the same files; different seeds give different data.
     """
-    n_parcels = by_mode(mode, **N_PARCELS)
+    n_parcels, min_test = by_mode(mode, **N_PARCELS), by_mode(mode, **MIN_TEST_PER_CLASS)
     region_rngs = np.random.default_rng(seed).spawn(len(REGIONS))
     folder = Path(folder)
     parcels, catalogs = [], []
     for region, rng in zip(REGIONS, region_rngs, strict=True):
-        table = _parcel_table(region, round(n_parcels * region.parcel_share), rng)
+        table = _parcel_table(region, round(n_parcels * region.parcel_share), min_test, rng)
         observations = _observations(region, table, rng)
         observations_file = f"observations_{region.name}.parquet"
         observations.to_parquet(folder / observations_file, index=False)
@@ -216,13 +228,19 @@ def _class_counts(n: int, share: tuple[float, ...]) -> np.ndarray:
     return counts + MIN_PARCELS_PER_CLASS
 
 
-def _parcel_table(region: Region, n: int, rng: np.random.Generator) -> pd.DataFrame:
-    """Crop, split and the per-parcel phenology of every parcel in ``region`` (stratified 70/15/15 split)."""
+def _parcel_table(region: Region, n: int, min_test: int, rng: np.random.Generator) -> pd.DataFrame:
+    """Crop, split and the per-parcel phenology of every parcel in ``region``.
+
+    ``n`` parcels are split 70/15/15 per class; a class with fewer than ``min_test`` test parcels gets more
+    test parcels on top, so that the rarest crops are still tested on enough parcels.
+    """
     labels, splits = [], []
     for label, count in enumerate(_class_counts(n, region.class_share)):
         n_eval = max(1, round(0.15 * count))
-        labels += [label] * count
-        splits += ["val"] * n_eval + ["test"] * n_eval + ["train"] * (count - 2 * n_eval)
+        n_test = max(n_eval, min_test)
+        labels += [label] * (count - n_eval + n_test)
+        splits += ["val"] * n_eval + ["test"] * n_test + ["train"] * (count - 2 * n_eval)
+    n = len(labels)
     order = rng.permutation(n)
     labels, splits = np.asarray(labels)[order], np.asarray(splits)[order]
     table = pd.DataFrame(
@@ -237,11 +255,14 @@ def _parcel_table(region: Region, n: int, rng: np.random.Generator) -> pd.DataFr
         table[name] = [getattr(PHENOLOGY[c], name) for c in table["crop"]]
     table["annual"] = [PHENOLOGY[c].annual for c in table["crop"]]
     # Per-parcel variation: sowing/green-up shift, amplitude, the steepness of the curves and soil colour.
-    shift = region.phenology_shift_days + rng.normal(0, 9, n)
+    shift = region.phenology_shift_days + rng.normal(0, SEASON_SPREAD_DAYS, n)
     for name in ("green_up", "senescence", "harvest"):
         table[name] += shift
     table["harvest"] += rng.normal(0, 7, n)
-    table["peak_green"] *= rng.uniform(0.75, 1.1, n)
+    table["peak_green"] *= rng.uniform(*AMPLITUDE_RANGE, n)
+    cover = rng.uniform(*COVER_RANGE, n)
+    table["winter_green"] *= cover
+    table["regrowth"] *= cover
     table["width_up"] = 8 * rng.uniform(0.8, 1.25, n)
     table["width_down"] = 10 * rng.uniform(0.8, 1.25, n)
     table["soil_brightness"] = region.soil_brightness * rng.uniform(0.75, 1.3, n)
