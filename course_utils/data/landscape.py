@@ -11,10 +11,13 @@ The physics, in the order the generator follows it:
 3. **Sentinel-2** reflectance is the per-class spectrum, mixed at class borders (a blur of the class
    abundances), changed by season (vegetation greenness: red-edge rise and high NIR when green, soil-like
    when dry; each crop parcel at its own growth stage), by within-class variation and by terrain shading.
-   Clouds (bright, flagged in a mask) and their shadows then hide parts of it.
+   Clouds (bright, flagged in a mask, opaque a short way inside their edge: under them the ground is lost)
+   and their shadows then hide parts of it.
 4. **Sentinel-1** backscatter is the per-class radar brightness (water specular and dark, built-up double
-   bounce and bright in VV, forest volume scattering and bright in VH), brightened by wet soil after rain
-   and by slopes facing the sensor, plus the noise floor and multiplicative speckle. Clouds do not touch it.
+   bounce and bright in VV, forest volume scattering and bright in VH), drawn per patch around its reference
+   (moisture, roughness and structure vary, so the low-vegetation classes overlap), falling with the incidence
+   angle, rising in VH with a crop's growth, brightened by wet soil after rain and by slopes facing the
+   sensor, plus the noise floor and multiplicative speckle. Clouds do not touch it.
 
 Patches are 128 x 128 pixels at 10 m (ben-ge's 120 x 120, rounded up so that a U-Net with five
 downsamplings fits), GeoTIFFs in the UTM zone of their place. ``catalog.csv`` holds per-patch scalars
@@ -43,7 +46,7 @@ from course_utils.config import by_mode, get_mode
 from course_utils.data.store import CATALOG, band_statistics, ensure_generated, read_catalog
 from course_utils.geo import read_raster, write_raster
 
-FAMILY = "landscape"
+FAMILY = "landscape-v2"  # the version changes whenever the generator does, so old caches are not reused
 PATCH_SIZE = 128
 PIXEL_SIZE = 10.0  # metres
 REFLECTANCE_SCALE = 10_000  # Sentinel-2 L2A digital numbers per unit reflectance
@@ -103,7 +106,7 @@ BACKSCATTER_DB = {
     TREE: (-7.5, -13.0),
     SHRUB: (-9.0, -15.5),
     GRASS: (-10.5, -17.5),
-    CROP: (-10.0, -17.0),
+    CROP: (-11.0, -18.0),  # at the middle growth stage
     BUILT: (1.0, -9.0),
     BARE: (-13.0, -22.0),
     SNOW: (-14.0, -23.0),
@@ -111,6 +114,22 @@ BACKSCATTER_DB = {
     WETLAND: (-8.5, -17.0),
     MOSS: (-12.0, -19.5),
 }
+#: How far a class's backscatter varies from patch to patch (dB, one standard deviation): soil moisture and
+#: roughness, canopy water and structure, wet or dry snow, street orientation. The spread is why radar alone
+#: confuses the low-vegetation classes (and bare ground with snow), while their optical spectra stay apart.
+BACKSCATTER_SPREAD_DB = {
+    TREE: 1.0, SHRUB: 1.5, GRASS: 1.5, CROP: 1.5, BUILT: 2.5, BARE: 2.0, SNOW: 3.0, WATER: 0.0, WETLAND: 2.0,
+    MOSS: 1.5,
+}  # fmt: skip
+#: Change of backscatter with incidence angle (dB per degree, from REFERENCE_INCIDENCE): steep for surface
+#: scattering (bare ground, water), gentle for volume scattering (forest).
+INCIDENCE_SLOPE_DB = {
+    TREE: -0.05, SHRUB: -0.1, GRASS: -0.15, CROP: -0.15, BUILT: -0.1, BARE: -0.2, SNOW: -0.15, WATER: -0.3,
+    WETLAND: -0.1, MOSS: -0.15,
+}  # fmt: skip
+REFERENCE_INCIDENCE = 37.5  # degrees, the middle of the IW swath
+#: (VV, VH) change of a crop parcel from bare soil (growth stage 0) to full canopy (1): VH rises with biomass.
+CROP_STAGE_DB = (2.0, 6.0)
 WET_SOIL_CLASSES = (GRASS, CROP, BARE, SHRUB)  # radar brightens when their soil is wet
 NOISE_FLOOR_DB = -25.0  # Sentinel-1 IW noise-equivalent sigma nought
 LOOKS = 4.4  # equivalent number of looks of a GRD product
@@ -481,22 +500,24 @@ def sentinel2_reflectance(
 def draw_cloud_cover(rng: np.random.Generator) -> float:
     """Target cloud cover: most patches clear, some partly cloudy, a few heavily cloudy."""
     kind = rng.random()
-    if kind < 0.65:
+    if kind < 0.55:
         return 0.0
-    return rng.uniform(0.05, 0.35) if kind < 0.9 else rng.uniform(0.5, 0.9)
+    return rng.uniform(0.05, 0.35) if kind < 0.8 else rng.uniform(0.4, 0.9)
 
 
 def add_clouds(reflectance: np.ndarray, cover: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Blend bright clouds into a square reflectance ``[B, S, S]``, darken their shadows; return it and the mask.
 
-    The mask flags clouds (1) and shadows (2); thin haze at cloud edges stays unflagged, as in real masks.
+    The mask flags clouds (1) and shadows (2); thin haze at cloud edges stays unflagged, as in real masks. A
+    cloud is opaque a short way inside its edge (the optical depth of a cumulus is tens): under it the ground is
+    lost, while shadows only darken it.
     """
     mask = np.full(reflectance.shape[1:], CLOUD_CLEAR, dtype=np.uint8)
     if cover == 0:
         return reflectance, mask
     field = fractal_noise(rng, 1, beta=3.0, size=reflectance.shape[-1])[0]
     threshold = np.quantile(field, 1 - cover)
-    opacity = np.clip((field - threshold) / 0.6 + 0.2, 0, 1).astype(np.float32)
+    opacity = np.clip((field - threshold) / 0.15 + 0.3, 0, 1).astype(np.float32)
     opacity[field < threshold - 0.12] = 0
     shift = rng.integers(8, 25, size=2) * rng.choice([-1, 1], size=2)
     shadow = np.roll(opacity, tuple(shift), axis=(0, 1))
@@ -515,14 +536,26 @@ def sentinel1_backscatter(
     wetness: float,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """VV and VH in dB ``[2, H, W]``: class backscatter, wet soil, terrain facing the sensor, noise floor, speckle.
+    """VV and VH in dB ``[2, H, W]``: class backscatter, its spread, incidence angle, wet soil, crop growth,
+    terrain facing the sensor, the noise floor and speckle.
 
-    The sensor looks east from the west (ascending orbit); a slope facing it returns more power.
+    Each class's backscatter is drawn per patch around its reference (:data:`BACKSCATTER_SPREAD_DB`, shared by VV
+    and VH plus a smaller VH-only part) and falls with the incidence angle (:data:`INCIDENCE_SLOPE_DB`); a crop
+    parcel's VH rises with its growth stage. The sensor looks east from the west (ascending orbit); a slope facing
+    it returns more power. Speckle is multiplicative: gamma noise of :data:`LOOKS` looks on the power.
     """
     backscatter_db = np.array([BACKSCATTER_DB[c] for c in CLASS_CODES], dtype=np.float32)
+    spread = np.array([BACKSCATTER_SPREAD_DB[c] for c in CLASS_CODES], dtype=np.float32)
+    backscatter_db += (spread * rng.standard_normal(NUM_CLASSES))[:, None]
+    backscatter_db[:, 1] += 0.5 * spread * rng.standard_normal(NUM_CLASSES)
+    slope_db = np.array([INCIDENCE_SLOPE_DB[c] for c in CLASS_CODES], dtype=np.float32)
+    backscatter_db += (slope_db * (incidence_deg - REFERENCE_INCIDENCE))[:, None]
     backscatter_db[[CLASS_CODES.index(c) for c in WET_SOIL_CLASSES]] += 2.5 * wetness
     backscatter_db[CLASS_CODES.index(WATER)] += rng.uniform(0, 5)  # wind roughens the water surface
     power = mix(abundances, 10 ** (backscatter_db / 10))
+    crop = CLASS_CODES.index(CROP)
+    stage_db = np.array(CROP_STAGE_DB, dtype=np.float32)[:, None, None] * (land.crop_greenness - 0.5)
+    power += abundances[crop] * 10 ** (backscatter_db[crop][:, None, None] / 10) * (10 ** (stage_db / 10) - 1)
     theta = math.radians(incidence_deg)
     to_sensor = np.array([-math.sin(theta), 0.0, math.cos(theta)])
     local = np.clip(surface_normal_dot(land.dem, to_sensor) / math.cos(theta), 0.1, 2.0)
