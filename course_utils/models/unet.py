@@ -59,11 +59,11 @@ CLASS_NAMES = ("non-field", "interior", "edge")
 #: (:attr:`course_utils.train.History.converged`).
 FIELD_UNET_RECIPE: dict[str, dict[str, Any]] = {
     "smoke": {"width": 8, "epochs": 1, "crop": 64, "batch_size": 4, "samples_per_epoch": 12, "lr": 3e-3,
-              "schedule": "cosine", "hold": 0, "patience": None, "min_delta": 0.005},
+              "schedule": "cosine", "hold": 0, "patience": None, "min_delta": 0.01},
     "lite": {"width": 16, "epochs": 16, "crop": 128, "batch_size": 8, "samples_per_epoch": 64, "lr": 3e-3,
-             "schedule": "cosine", "hold": 4, "patience": None, "min_delta": 0.005},
+             "schedule": "cosine", "hold": 4, "patience": None, "min_delta": 0.01},
     "full": {"width": 32, "epochs": 45, "crop": 128, "batch_size": 16, "samples_per_epoch": 768, "lr": 2e-3,
-             "schedule": "cosine", "hold": 5, "patience": 5, "min_delta": 0.005},
+             "schedule": "cosine", "hold": 5, "patience": 5, "min_delta": 0.01},
 }  # fmt: skip
 
 
