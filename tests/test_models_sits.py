@@ -149,6 +149,14 @@ def test_transformer_class_token_attends_only_to_real_dates() -> None:
     assert (cls_to_dates[~mask[:, None, :].expand_as(cls_to_dates)] == 0).all()
 
 
+@pytest.mark.parametrize("name", list(_models()))
+def test_every_model_reads_the_dates_not_only_their_order(name: str) -> None:
+    model = _models()[name].eval()
+    x, doy, mask = _batch()
+    later = torch.where(mask, (doy + 20).clamp(max=366), doy)  # the same observations in the same order, later
+    assert not torch.allclose(model(x, doy, mask), model(x, later, mask), atol=1e-4)
+
+
 def test_day_of_year_encoding_is_smooth_and_distinct() -> None:
     encode = DayOfYearEncoding(32)
     codes = encode(torch.tensor([[100, 101, 280]]))[0]

@@ -16,8 +16,8 @@ The four families, from the oldest idea to the lightest attention:
 * :class:`TempCNN`: 1D convolutions over time with no pooling between layers, then a dense layer on the
   flattened features (Pelletier et al., 2019). Convolutions need evenly spaced steps, so the observations
   are first placed on the regular 5-day grid of the satellite's revisit, empty slots marked as such.
-* :class:`RNNClassifier`: an LSTM (or GRU) reads the observations in date order; its last hidden state
-  summarises the season (Rußwurm & Körner, 2017).
+* :class:`RNNClassifier`: an LSTM (or GRU) reads the observations in date order, each with the encoding of its
+  day of year; its last hidden state summarises the season (Rußwurm & Körner, 2017).
 * :class:`TransformerClassifier`: a class token plus one token per observation, with a sinusoidal encoding
   of the *day of year* instead of the position, through the pre-norm blocks of notebook 03
   (Vaswani et al., 2017; Rußwurm & Körner, 2020). Attention costs ``T x T`` per head and block.
@@ -174,8 +174,11 @@ class TempCNN(nn.Module):
 class RNNClassifier(nn.Module):
     """An LSTM or GRU over the observations in date order; the last hidden state feeds a linear head.
 
-    Each step's input is the spectrum and the day of year (divided by 365), projected to ``hidden``.
-    Padding is skipped with ``pack_padded_sequence``: the recurrence stops at each series' last real date.
+    Each step's input is the spectrum projected to ``hidden`` plus the sinusoidal encoding of its day of year
+    (:class:`DayOfYearEncoding`, as for the attention models), so the state knows *when* each date was seen,
+    not only in which order, through a LayerNorm (which keeps a bright unflagged cloud from saturating the
+    gates); ``hidden`` must be even. Padding is skipped with ``pack_padded_sequence``: the
+    recurrence stops at each series' last real date.
     With ``bidirectional=True`` the last states of both directions are concatenated.
     """
 
@@ -194,7 +197,9 @@ class RNNClassifier(nn.Module):
         if rnn_class is None:
             raise ValueError(f"cell={cell!r} must be 'lstm' or 'gru'")
         self.in_channels, self.bidirectional = in_channels, bidirectional
-        self.embed = nn.Linear(in_channels + 1, hidden)
+        self.embed = nn.Linear(in_channels, hidden)
+        self.doy_encoding = DayOfYearEncoding(hidden)
+        self.norm_in = nn.LayerNorm(hidden)
         self.rnn = rnn_class(
             hidden, hidden, num_layers=layers, batch_first=True, bidirectional=bidirectional,
             dropout=dropout if layers > 1 else 0.0,
@@ -205,7 +210,7 @@ class RNNClassifier(nn.Module):
     def forward(self, x: torch.Tensor, doy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         _check_inputs(x, doy, mask, self.in_channels)
         x, doy, mask = compact(x, doy, mask)
-        steps = self.embed(torch.cat([x, (doy.float() / 365.0)[..., None]], dim=-1))
+        steps = self.norm_in(self.embed(x) + self.doy_encoding(doy))
         lengths = mask.sum(1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(steps, lengths, batch_first=True, enforce_sorted=False)
         _, state = self.rnn(packed)
