@@ -23,6 +23,7 @@ from course_utils.models.ssl import (
     hypercolumns,
     load_or_train_ssl_field_unet,
     nt_xent,
+    read_pretraining_losses,
     ssl_field_unet_path,
 )
 from course_utils.models.unet import FIELD_UNET_RECIPE, UNet
@@ -166,6 +167,8 @@ def test_load_or_train_ssl_field_unet(course_data_dir: Path, tmp_path: Path, mon
     monkeypatch.setitem(SSL_FIELD_RECIPE, "smoke", SSL_FIELD_RECIPE["smoke"] | {"steps": 3})
     model = load_or_train_ssl_field_unet("smoke", seed=0, progress=False)
     assert ssl_field_unet_path("smoke", 0).is_file()
+    assert ssl_field_unet_path("smoke", 0, data_seed=1) != ssl_field_unet_path("smoke", 0)  # keyed by the data
+    assert read_pretraining_losses("smoke", 0) is not None and len(read_pretraining_losses("smoke", 0)) == 3
     assert isinstance(model, UNet) and not model.training
     assert model.head.in_channels == FIELD_UNET_RECIPE["smoke"]["width"] and model.depth == 3
     mean, std = model.stats

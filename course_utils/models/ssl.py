@@ -45,14 +45,15 @@ from course_utils.train import autocast, keyed_path, load_or_train
 #: (:data:`course_utils.models.unet.FIELD_UNET_RECIPE`), so the pretrained encoder drops into it.
 SSL_FIELD_RECIPE: dict[str, dict[str, Any]] = {
     "smoke": {"width": FIELD_UNET_RECIPE["smoke"]["width"], "crop": 32, "batch_size": 16, "steps": 12, "lr": 2e-3,
-              "temperature": 0.2, "projection_dim": 32},
-    "lite": {"width": FIELD_UNET_RECIPE["lite"]["width"], "crop": 32, "batch_size": 32, "steps": 150, "lr": 2e-3,
-             "temperature": 0.2, "projection_dim": 64},
+              "temperature": 0.2, "projection_dim": 32, "brightness": 0.05, "contrast": 0.05, "band_jitter": 0.01},
+    "lite": {"width": FIELD_UNET_RECIPE["lite"]["width"], "crop": 32, "batch_size": 64, "steps": 250, "lr": 2e-3,
+             "temperature": 0.2, "projection_dim": 64, "brightness": 0.05, "contrast": 0.05, "band_jitter": 0.01},
     "full": {"width": FIELD_UNET_RECIPE["full"]["width"], "crop": 64, "batch_size": 256, "steps": 3000, "lr": 2e-3,
-             "temperature": 0.2, "projection_dim": 128},
+             "temperature": 0.2, "projection_dim": 128, "brightness": 0.05, "contrast": 0.05, "band_jitter": 0.01},
 }  # fmt: skip
 
-#: The splits whose images (never their labels) SimCLR pretrains on; the test chips stay unseen.
+#: The splits whose images (never their labels) SimCLR pretrains on, in both regions; the test chips stay unseen.
+#: The photometric augmentations are weak (a few per cent): the field classes differ mostly in their spectra.
 PRETRAINING_SPLITS = ("train", "scene")
 
 
@@ -400,41 +401,51 @@ def pretrain_simclr(
     return torch.stack(losses).float().cpu().tolist()
 
 
-def ssl_field_unet_recipe(mode: str, seed: int = 0) -> dict[str, Any]:
-    """Every setting that changes the pretrained weights: :data:`SSL_FIELD_RECIPE` of the mode and the seed."""
-    return SSL_FIELD_RECIPE[mode] | {"mode": mode, "seed": seed}
+def ssl_field_unet_recipe(mode: str, seed: int = 0, data_seed: int = 0) -> dict[str, Any]:
+    """Every setting that changes the pretrained weights: :data:`SSL_FIELD_RECIPE` of the mode, the images it
+    sees (:data:`PRETRAINING_SPLITS` of both regions of the field data of ``data_seed``) and the seed."""
+    return SSL_FIELD_RECIPE[mode] | {
+        "mode": mode, "seed": seed, "data_seed": data_seed, "splits": list(PRETRAINING_SPLITS), "regions": "both"
+    }  # fmt: skip
 
 
-def ssl_field_unet_path(mode: str, seed: int = 0) -> Path:
-    """Checkpoint of the SimCLR-pretrained field U-Net of a mode and pretraining seed, keyed by its recipe."""
-    return keyed_path(_ssl_base(mode, seed), ssl_field_unet_recipe(mode, seed))
+def ssl_field_unet_path(mode: str, seed: int = 0, data_seed: int = 0) -> Path:
+    """Checkpoint of the SimCLR-pretrained field U-Net of a mode, pretraining seed and data seed, keyed by its
+    recipe; its :attr:`~pathlib.Path.stem` ends with the recipe key, which downstream recipes record."""
+    return keyed_path(_ssl_base(mode, seed), ssl_field_unet_recipe(mode, seed, data_seed))
 
 
 def _ssl_base(mode: str, seed: int) -> Path:
     return checkpoint_dir() / f"ssl_simclr_field_unet_{mode}_seed{seed}.pt"
 
 
-def read_pretraining_losses(mode: str, seed: int = 0) -> list[float] | None:
+def read_pretraining_losses(mode: str, seed: int = 0, data_seed: int = 0) -> list[float] | None:
     """The SimCLR loss per step recorded when the checkpoint was pretrained (``None`` if not recorded)."""
-    file = ssl_field_unet_path(mode, seed).with_suffix(".losses.json")
+    file = ssl_field_unet_path(mode, seed, data_seed).with_suffix(".losses.json")
     return json.loads(file.read_text()) if file.is_file() else None
 
 
 def load_or_train_ssl_field_unet(
-    mode: str | None = None, seed: int = 0, *, device: torch.device | None = None, progress: bool = True
+    mode: str | None = None,
+    seed: int = 0,
+    *,
+    data_seed: int = 0,
+    device: torch.device | None = None,
+    progress: bool = True,
 ) -> UNet:
     """A field UNet (4 bands, 3 classes, width ``FIELD_UNET_RECIPE[mode]["width"]``, depth 3) whose encoder
     and bottleneck hold SimCLR weights pretrained on unlabelled chips and scenes of both regions.
 
     The weights are loaded from ``ssl_simclr_field_unet_<mode>_seed<seed>-<recipe key>.pt`` under
     :func:`course_utils.config.checkpoint_dir`, or pretrained now with :data:`SSL_FIELD_RECIPE` (seeded by
-    ``seed``) and saved. The decoder and head are freshly initialised from ``seed`` (the global random
+    ``seed``) on the unlabelled images of the field data of ``data_seed`` and saved. The decoder and head
+    are freshly initialised from ``seed`` (the global random
     state is left as it was). ``model.stats`` holds the per-band normalisation statistics of pretraining;
     normalise inputs with them (``FieldChipDataset(..., stats=model.stats)``). Returned on the CPU, in eval mode.
     """
     mode = mode or get_mode()
     recipe = SSL_FIELD_RECIPE[mode]
-    path = ssl_field_unet_path(mode, seed)
+    path = ssl_field_unet_path(mode, seed, data_seed)
     width = recipe["width"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -442,12 +453,14 @@ def load_or_train_ssl_field_unet(
 
     def pretrain(net: UNet) -> None:
         seed_everything(seed)
-        images, stats = pretraining_images(mode)
+        images, stats = pretraining_images(mode, data_seed)
         net.set_stats(stats)
         encoder = UNetEncoder(net)
         simclr = SimCLR(encoder, encoder.out_dim, recipe["projection_dim"])
+        sampler = CropSampler(images, recipe["crop"], brightness=recipe["brightness"], contrast=recipe["contrast"],
+                              band_jitter=recipe["band_jitter"], seed=seed)  # fmt: skip
         losses = pretrain_simclr(
-            simclr, CropSampler(images, recipe["crop"], seed=seed), steps=recipe["steps"],
+            simclr, sampler, steps=recipe["steps"],
             batch_size=recipe["batch_size"], lr=recipe["lr"], temperature=recipe["temperature"],
             device=device or get_device(), progress=progress,
         )  # fmt: skip
@@ -455,7 +468,7 @@ def load_or_train_ssl_field_unet(
         with atomic_path(path.with_suffix(".losses.json")) as tmp:
             tmp.write_text(json.dumps(losses))
 
-    load_or_train(model, _ssl_base(mode, seed), pretrain, ssl_field_unet_recipe(mode, seed))
+    load_or_train(model, _ssl_base(mode, seed), pretrain, ssl_field_unet_recipe(mode, seed, data_seed))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = UNet(in_channels=len(BANDS), classes=len(CLASS_NAMES), width=width, depth=3)
