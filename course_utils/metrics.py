@@ -9,6 +9,9 @@ split (not averaged per batch, which would weight small batches too much):
 
 A class that never occurs and is never predicted has no defined IoU/F1: it is NaN, and the
 ``mean_*`` functions skip it.
+
+Calibration: :func:`calibration_bins` sums predictions per confidence bin (a reliability diagram) and
+:func:`expected_calibration_error` reads the expected calibration error off those sums.
 """
 
 from __future__ import annotations
@@ -69,3 +72,32 @@ def mean_iou(cm: np.ndarray) -> float:
 def mean_f1(cm: np.ndarray) -> float:
     """Class-mean F1 (macro F1) over the classes where it is defined."""
     return float(np.nanmean(f1_per_class(cm)))
+
+
+def calibration_bins(
+    confidence: np.ndarray | torch.Tensor, correct: np.ndarray | torch.Tensor, bins: int = 10
+) -> np.ndarray:
+    """Reliability-diagram sums ``[bins, 3]``: per confidence bin (equal widths over 0..1) the number of predictions,
+    the sum of their confidences and the number of them that are correct.
+
+    Sums (not means) add up over test units: the bins of a whole test set are the sum of its patches' bins.
+    """
+    confidence, correct = (
+        np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64).ravel()
+        for v in (confidence, correct)
+    )
+    if confidence.shape != correct.shape:
+        raise ValueError(f"confidence and correct differ in size: {confidence.size} vs {correct.size}")
+    if confidence.size and (confidence.min() < 0 or confidence.max() > 1):
+        raise ValueError("confidence must lie in 0..1 (a predicted probability)")
+    index = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    return np.stack([np.bincount(index, weights=w, minlength=bins) for w in (np.ones_like(confidence), confidence,
+                                                                             correct)], axis=1)  # fmt: skip
+
+
+def expected_calibration_error(binned: np.ndarray) -> float:
+    """ECE from :func:`calibration_bins`: the count-weighted mean gap ``|accuracy - confidence|`` over the bins
+    (Guo et al., 2017). 0 for a calibrated model: of the predictions made with confidence p, a share p is right."""
+    binned = np.asarray(binned, dtype=np.float64)
+    count, confidence, correct = binned[:, 0], binned[:, 1], binned[:, 2]
+    return float(np.abs(correct - confidence).sum() / max(count.sum(), 1))

@@ -12,10 +12,13 @@ from course_utils.models.fusion import (
     FusionNet,
     MultitaskLoss,
     accuracy_coverage,
+    batch_kpis,
     broadcast_scalars,
+    fit_temperature,
     focal_task_weight,
     mc_dropout_predict,
     predictive_entropy,
+    sample_iou,
     uncertainty_weighted_sum,
 )
 
@@ -124,7 +127,7 @@ def test_multitask_loss_fixed_and_kpi() -> None:
     fixed = MultitaskLoss(("cls", "reg"), weights={"cls": 2.0, "reg": 0.5})
     total = fixed(outputs, targets)
     ce = torch.nn.functional.cross_entropy(outputs["cls"], targets[0])
-    mse = 100 * torch.nn.functional.mse_loss(outputs["reg"], targets[1])
+    mse = torch.nn.functional.mse_loss(outputs["reg"], targets[1])  # in the target's units squared
     torch.testing.assert_close(total, 2.0 * ce + 0.5 * mse)
     kpi = MultitaskLoss(("cls", "reg"), weighting="kpi", momentum=1.0)  # the KPI is the last batch's
     kpi(outputs, targets)
@@ -132,7 +135,54 @@ def test_multitask_loss_fixed_and_kpi() -> None:
     with torch.no_grad():  # evaluation does not move the KPIs
         kpi({"cls": outputs["cls"], "reg": targets[1]}, targets)
     torch.testing.assert_close(kpi.kpi, torch.tensor([0.5, 0.5]))
-    assert kpi.current_weights()["cls"] == pytest.approx(0.5 * math.log(2), rel=1e-5)
+    # the focal weight acts on the loss relative to its running average: the task's units drop out
+    assert kpi.current_weights()["cls"] == pytest.approx(0.5 * math.log(2) / float(ce), rel=1e-5)
+    assert kpi.current_weights()["reg"] == pytest.approx(0.5 * math.log(2) / float(mse), rel=1e-5)
+
+
+def test_kpi_weights_do_not_depend_on_a_tasks_units() -> None:
+    """Scaling the regression target (and output) by 1000 leaves the KPI-weighted loss of the task unchanged."""
+    outputs = {"cls": torch.tensor([[2.0, 0.0], [0.0, 2.0]]), "reg": torch.tensor([[0.5, 0.5], [0.9, 0.1]])}
+    targets = (torch.tensor([0, 0]), torch.tensor([[0.5, 0.4], [0.5, 0.5]]))
+    totals = []
+    for scale in (1.0, 1000.0):
+        loss = MultitaskLoss(("cls", "reg"), weighting="kpi", mae_threshold=0.05 * scale)
+        totals.append(float(loss({**outputs, "reg": scale * outputs["reg"]}, (targets[0], scale * targets[1]))))
+    assert totals[0] == pytest.approx(totals[1], rel=1e-5)
+
+
+def test_segmentation_kpi_is_the_share_of_samples_above_an_iou() -> None:
+    target = torch.zeros(2, 4, 4, dtype=torch.int64)
+    target[:, :, 2:] = 1
+    predicted = target.clone()
+    predicted[1] = 0  # the second sample calls everything class 0
+    torch.testing.assert_close(sample_iou(predicted, target, 3), torch.tensor([1.0, 0.25]))  # (0.5 + 0) / 2
+    logits = torch.nn.functional.one_hot(predicted, 3).permute(0, 3, 1, 2).float()
+    assert batch_kpis({"seg": logits}, {"seg": target}, iou_threshold=0.5)["seg"] == 0.5
+    assert batch_kpis({"seg": logits}, {"seg": target}, iou_threshold=0.2)["seg"] == 1.0
+
+
+def test_unweighted_criterion_without_gradients() -> None:
+    """With references, evaluation returns mean_t L_t / reference_t, whatever the training weights."""
+    outputs = {"cls": torch.tensor([[2.0, 0.0], [0.0, 2.0]]), "reg": torch.tensor([[0.5, 0.5], [0.9, 0.1]])}
+    targets = (torch.tensor([0, 0]), torch.tensor([[0.5, 0.5], [0.5, 0.5]]))
+    references = {"cls": math.log(2), "reg": 0.1}
+    ce = float(torch.nn.functional.cross_entropy(outputs["cls"], targets[0]))
+    mse = float(torch.nn.functional.mse_loss(outputs["reg"], targets[1]))
+    for weighting, weights in (("fixed", {"cls": 1.0, "reg": 1.0}), ("fixed", {"cls": 5.0, "reg": 0.01}),
+                               ("uncertainty", None), ("kpi", None)):  # fmt: skip
+        loss = MultitaskLoss(("cls", "reg"), weighting=weighting, weights=weights, references=references)
+        with torch.no_grad():
+            value = float(loss(outputs, targets))
+        assert value == pytest.approx((ce / math.log(2) + mse / 0.1) / 2, rel=1e-5)
+        assert float(loss(outputs, targets).detach()) != pytest.approx(value)  # training uses the weighted sum
+    with pytest.raises(ValueError, match="one value per task"):
+        MultitaskLoss(("cls", "reg"), references={"cls": 1.0})
+
+
+def test_reg_scale_multiplies_the_fractions() -> None:
+    model = FusionNet({"s2": 3}, {"reg": 4}, width=4, reg_scale=163.84).eval()
+    torch.testing.assert_close(model(torch.randn(2, 3, 8, 8))["reg"].sum(1), torch.full((2,), 163.84))
 
 
 def test_uncertainty_loss_learns_its_weights() -> None:
@@ -164,6 +214,26 @@ def test_mc_dropout_spread_only_with_dropout() -> None:
     no_dropout = FusionNet({"s2": 3}, {"seg": 4}, width=4, dropout=0.0)
     _, spread = mc_dropout_predict(no_dropout, (x,), samples=5)
     assert float(spread.max()) == 0.0  # nothing to sample from without dropout layers
+
+
+def test_dropout_sits_in_the_backbone() -> None:
+    """MC dropout varies the backbone's features, not only the head's input: the encoder's outputs change."""
+    model = FusionNet({"s2": 3}, {"cls": 4}, width=4, dropout=0.5)
+    model.train()
+    x = torch.randn(2, 3, 8, 8)
+    first, second = model.encoders[0](x), model.encoders[0](x)
+    assert torch.equal(first[0], second[0])  # the full-resolution level is kept whole
+    assert not torch.equal(first[2], second[2])
+    model.eval()
+    torch.testing.assert_close(model.encoders[0](x)[2], model.encoders[0](x)[2])
+
+
+def test_fit_temperature_recovers_the_temperature_of_the_data() -> None:
+    """Labels drawn from softmax(z / 2): the fitted temperature of the logits z is about 2."""
+    generator = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(20000, 5, generator=generator)
+    labels = torch.multinomial(torch.softmax(logits / 2.0, dim=1), 1, generator=generator)[:, 0]
+    assert fit_temperature(logits, labels) == pytest.approx(2.0, rel=0.05)
 
 
 def test_predictive_entropy() -> None:

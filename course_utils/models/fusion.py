@@ -16,7 +16,7 @@
   (Kendall, Gal & Cipolla, 2018) or KPI-driven focal weighting (Hanna et al., 2021; after Guo et al., 2018).
 * :func:`mc_dropout_predict`, :func:`predictive_entropy` and :func:`accuracy_coverage`: Monte Carlo dropout
   at test time (Gal & Ghahramani, 2016) and the accuracy of the predictions kept when the uncertain ones are
-  dropped.
+  dropped; :func:`fit_temperature`: temperature scaling of the logits (Guo et al., 2017).
 """
 
 from __future__ import annotations
@@ -45,19 +45,25 @@ def broadcast_scalars(scalars: torch.Tensor, size: int | tuple[int, int]) -> tor
 
 
 class Encoder(nn.Module):
-    """Three levels of ``conv_block`` (width, 2 width, 4 width channels) with 2x2 max pooling between them."""
+    """Three levels of ``conv_block`` (width, 2 width, 4 width channels) with 2x2 max pooling between them.
 
-    def __init__(self, in_channels: int, width: int) -> None:
+    ``dropout`` drops whole feature channels (``Dropout2d``) after the second and third level, so that MC dropout
+    at test time varies the features every head and the decoder see.
+    """
+
+    def __init__(self, in_channels: int, width: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.levels = nn.ModuleList(
             [conv_block(in_channels, width), conv_block(width, 2 * width), conv_block(2 * width, 4 * width)]
         )
+        self.dropout = nn.Dropout2d(dropout)
         self.channels = (width, 2 * width, 4 * width)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = []
         for index, level in enumerate(self.levels):
             x = level(x if index == 0 else F.max_pool2d(x, 2))
+            x = self.dropout(x) if index > 0 else x
             features.append(x)
         return features  # full, 1/2 and 1/4 resolution
 
@@ -86,13 +92,16 @@ class FusionNet(nn.Module):
         channels: input modalities and their band counts, in the order ``forward`` takes them,
             e.g. ``{"s2": 12, "s1": 2}``.
         tasks: heads and their output sizes, among ``seg`` (classes per pixel), ``cls`` (patch classes) and
-            ``reg`` (patch cover fractions, a softmax over that many classes).
+            ``reg`` (patch cover fractions, a softmax over that many classes, times ``reg_scale``).
         fusion: ``early``, ``late`` or ``middle`` (see the module docstring).
         scalars: number of per-patch scalars passed after the rasters (0: none). They are broadcast to planes
             and join the input (early fusion) or the first modality's input (late and middle fusion).
         width: channels of the first level (doubling per level).
-        dropout: dropout before every head (also what MC dropout samples at test time).
+        dropout: dropout in the backbone (see :class:`Encoder`) and before every head; MC dropout samples it at
+            test time.
         heads: attention heads of the cross-attention block (middle fusion).
+        reg_scale: what the ``reg`` fractions are multiplied by, e.g. the patch's area in hectares to predict the
+            area of each class in hectares (1: the fractions themselves).
 
     ``forward(*rasters, scalars)`` takes ``[B, C_m, H, W]`` per modality (H and W divisible by 4) and, with
     ``scalars > 0``, a ``[B, scalars]`` tensor last; it returns ``{task: logits or fractions}``.
@@ -107,6 +116,7 @@ class FusionNet(nn.Module):
         width: int = 16,
         dropout: float = 0.1,
         heads: int = 4,
+        reg_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if not channels:
@@ -118,11 +128,12 @@ class FusionNet(nn.Module):
         if fusion != "early" and len(channels) < 2:
             raise ValueError(f"{fusion} fusion needs at least two modalities; use fusion='early' for one.")
         self.modalities, self.tasks, self.fusion, self.scalars = tuple(channels), dict(tasks), fusion, scalars
+        self.reg_scale = reg_scale
         sizes = list(channels.values())
         sizes[0] += scalars  # scalar planes join the (first) input
         if fusion == "early":
             sizes = [sum(sizes)]
-        self.encoders = nn.ModuleList([Encoder(c, width) for c in sizes])
+        self.encoders = nn.ModuleList([Encoder(c, width, dropout) for c in sizes])
         branch = self.encoders[0].channels
         n = len(self.encoders)
         if fusion == "middle":
@@ -186,7 +197,7 @@ class FusionNet(nn.Module):
             if task == "seg":
                 outputs[task] = head(pixel)
             elif task == "reg":
-                outputs[task] = torch.softmax(head(patch), dim=1)  # cover fractions: >= 0, summing to 1
+                outputs[task] = self.reg_scale * torch.softmax(head(patch), dim=1)  # fractions (>= 0, sum 1) x scale
             else:
                 outputs[task] = head(patch)
         return outputs
@@ -219,25 +230,39 @@ def focal_task_weight(kpi: float | torch.Tensor, gamma: float = 1.0, eps: float 
     return -((1 - k) ** gamma) * torch.log(k)
 
 
-def batch_kpis(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], mae_threshold: float = 0.05):
-    """Per-task KPIs of one batch, in 0..1: pixel accuracy (seg), accuracy (cls), share of patches whose
-    cover fractions are within ``mae_threshold`` mean absolute error (reg)."""
+def sample_iou(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean IoU of each sample's label map ``[B, H, W]`` (``[B]``), over the classes in its target or prediction."""
+    p = F.one_hot(predicted.flatten(1), num_classes).bool()
+    t = F.one_hot(target.flatten(1), num_classes).bool()
+    intersection, union = (p & t).sum(1).float(), (p | t).sum(1).float()
+    present = union > 0
+    return torch.where(present, intersection / union.clamp_min(1), 0.0).sum(1) / present.sum(1)
+
+
+def batch_kpis(
+    outputs: dict[str, torch.Tensor],
+    targets: dict[str, torch.Tensor],
+    iou_threshold: float = 0.5,
+    mae_threshold: float = 0.05,
+) -> dict[str, float]:
+    """Per-task KPIs of one batch, in 0..1 (after Hanna et al., 2021): the share of samples whose mean IoU is at
+    least ``iou_threshold`` (seg), the accuracy (cls), the share of samples whose mean absolute error is at most
+    ``mae_threshold``, in the target's units (reg)."""
     kpis = {}
     for task, output in outputs.items():
         target = targets[task]
         if task == "reg":
             kpis[task] = float(((output - target).abs().mean(dim=1) <= mae_threshold).float().mean())
+        elif task == "seg":
+            kpis[task] = float((sample_iou(output.argmax(1), target, output.shape[1]) >= iou_threshold).float().mean())
         else:
             kpis[task] = float((output.argmax(1) == target).float().mean())
     return kpis
 
 
 def default_task_loss(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Cross-entropy for ``seg`` and ``cls``; for ``reg`` the mean squared error of the fractions x 10 (in
-    units of 10 percentage points, so that its size is comparable with a cross-entropy)."""
-    if task == "reg":
-        return lambda output, target: 100.0 * F.mse_loss(output, target)
-    return F.cross_entropy
+    """Cross-entropy for ``seg`` and ``cls``; for ``reg`` the mean squared error, in the target's units squared."""
+    return F.mse_loss if task == "reg" else F.cross_entropy
 
 
 class MultitaskLoss(nn.Module):
@@ -247,15 +272,22 @@ class MultitaskLoss(nn.Module):
         tasks: the task names, in the order of the target tuple, e.g. ``("seg", "cls", "reg")``.
         weighting: ``fixed`` (``weights``), ``uncertainty`` (learned log variances, Kendall et al., 2018; add
             this module's parameters to the optimizer) or ``kpi`` (focal weights from a running average of
-            each task's KPI, Hanna et al., 2021).
+            each task's KPI, Hanna et al., 2021, applied to each loss divided by its running average, so that
+            a task's units do not count; see :func:`batch_kpis`).
         weights: fixed weights per task (default: all 1).
         gamma: the focal exponent of ``kpi`` weighting.
-        momentum: how fast the KPIs' running average follows each batch (``alpha`` in Hanna et al.).
+        momentum: how fast the running averages of the KPIs and losses follow each batch (``alpha`` in Hanna et al.).
         losses: a loss function per task (default: :func:`default_task_loss`).
+        iou_threshold, mae_threshold: the KPI thresholds of ``seg`` and ``reg`` (see :func:`batch_kpis`).
+        references: a reference loss per task, e.g. that of a know-nothing prediction (``log K`` for a
+            cross-entropy over K classes, the targets' variance for a mean squared error). With them, a call
+            without gradients (validation, testing) returns the **unweighted** criterion
+            ``mean_t L_t / reference_t`` instead of the weighted sum: model selection then does not move with
+            the task weights.
 
     Called as ``loss(outputs, targets)`` with ``outputs`` a dict from :class:`FusionNet` and ``targets`` a tuple
-    in the order of ``tasks``. KPIs are only updated when gradients are on (training, not evaluation).
-    ``last_losses`` and ``current_weights()`` tell what the last call did.
+    in the order of ``tasks``. Running averages are only updated when gradients are on (training, not
+    evaluation). ``last_losses`` and ``current_weights()`` tell what the last call did.
     """
 
     def __init__(
@@ -266,38 +298,55 @@ class MultitaskLoss(nn.Module):
         gamma: float = 1.0,
         momentum: float = 0.1,
         losses: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] | None = None,
+        iou_threshold: float = 0.5,
+        mae_threshold: float = 0.05,
+        references: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         if weighting not in ("fixed", "uncertainty", "kpi"):
             raise ValueError(f"weighting {weighting!r} is not one of fixed, uncertainty, kpi.")
+        if references is not None and set(references) != set(tasks):
+            raise ValueError(f"references must give one value per task {tuple(tasks)}, got {sorted(references)}.")
         self.tasks, self.weighting, self.gamma, self.momentum = tuple(tasks), weighting, gamma, momentum
+        self.iou_threshold, self.mae_threshold = iou_threshold, mae_threshold
         self.losses = {t: (losses or {}).get(t, default_task_loss(t)) for t in self.tasks}
         self.fixed = {t: float((weights or {}).get(t, 1.0)) for t in self.tasks}
+        self.references = None if references is None else torch.tensor([float(references[t]) for t in self.tasks])
         self.log_variances = nn.Parameter(torch.zeros(len(self.tasks))) if weighting == "uncertainty" else None
         self.register_buffer("kpi", torch.full((len(self.tasks),), 0.5))
+        self.register_buffer("loss_average", torch.full((len(self.tasks),), math.nan))
         self.last_losses: dict[str, float] = {}
 
     def current_weights(self) -> dict[str, float]:
-        """The weight each task's loss gets now (for uncertainty weighting: ``c_t exp(-s_t)``)."""
+        """The weight each task's loss gets now (uncertainty: ``c_t exp(-s_t)``; kpi: the focal weight over the
+        task's running loss average)."""
         if self.weighting == "fixed":
             return dict(self.fixed)
         if self.weighting == "uncertainty":
             factors = [0.5 if t == "reg" else 1.0 for t in self.tasks]
             values = torch.exp(-self.log_variances.detach()).cpu()
             return {t: f * float(v) for t, f, v in zip(self.tasks, factors, values, strict=True)}
-        return {t: float(focal_task_weight(k, self.gamma)) for t, k in zip(self.tasks, self.kpi.cpu(), strict=True)}
+        focal = focal_task_weight(self.kpi.cpu(), self.gamma)
+        scale = torch.nan_to_num(self.loss_average.cpu(), nan=1.0).clamp_min(1e-8)
+        return {t: float(w) for t, w in zip(self.tasks, focal / scale, strict=True)}
 
     def forward(self, outputs: dict[str, torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
         targets = dict(zip(self.tasks, targets, strict=True))
         losses = torch.stack([self.losses[t](outputs[t].float(), targets[t]) for t in self.tasks])
         self.last_losses = {t: float(v) for t, v in zip(self.tasks, losses.detach(), strict=True)}
+        if self.references is not None and not torch.is_grad_enabled():
+            return (losses / self.references.to(losses.device)).mean()
         if self.weighting == "uncertainty":
             return uncertainty_weighted_sum(losses, self.log_variances, [t == "reg" for t in self.tasks])
         if self.weighting == "kpi" and torch.is_grad_enabled():
             with torch.no_grad():
-                now = batch_kpis({t: outputs[t].detach() for t in self.tasks}, targets)
+                now = batch_kpis({t: outputs[t].detach() for t in self.tasks}, targets, self.iou_threshold,
+                                 self.mae_threshold)  # fmt: skip
                 fresh = torch.tensor([now[t] for t in self.tasks], device=self.kpi.device)
                 self.kpi.mul_(1 - self.momentum).add_(self.momentum * fresh)
+                first = torch.isnan(self.loss_average)
+                self.loss_average.copy_(torch.where(first, losses.detach(), self.loss_average))
+                self.loss_average.mul_(1 - self.momentum).add_(self.momentum * losses.detach())
         weights = torch.tensor([self.current_weights()[t] for t in self.tasks], device=losses.device)
         return (weights * losses).sum()
 
@@ -334,6 +383,26 @@ def mc_dropout_predict(
     probabilities = torch.stack([torch.softmax(model(*inputs)[task].float(), dim=1) for _ in range(samples)])
     model.eval()
     return probabilities.mean(0), probabilities.std(0, correction=0)
+
+
+def fit_temperature(logits: torch.Tensor, target: torch.Tensor, steps: int = 50) -> float:
+    """Temperature scaling (Guo et al., 2017): the ``T > 0`` that minimises the cross-entropy of ``logits / T``.
+
+    Fit it on held-out data (validation), never on the test set. ``T > 1`` softens an over-confident model's
+    probabilities, ``T < 1`` sharpens an under-confident one's; the predicted classes do not change.
+    ``logits``: ``[N, K, ...]``, ``target``: class indices ``[N, ...]``.
+    """
+    logits, log_temperature = logits.detach().float(), torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_temperature], lr=0.5, max_iter=steps)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / log_temperature.exp(), target)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_temperature.exp())
 
 
 def predictive_entropy(probabilities: torch.Tensor, dim: int = 1) -> torch.Tensor:
