@@ -46,7 +46,7 @@ from course_utils.config import by_mode, get_mode
 from course_utils.data.store import CATALOG, band_statistics, ensure_generated, read_catalog
 from course_utils.geo import read_raster, write_raster
 
-FAMILY = "landscape-v2"  # the version changes whenever the generator does, so old caches are not reused
+FAMILY = "landscape-v3"  # the version changes whenever the generator does, so old caches are not reused
 PATCH_SIZE = 128
 PIXEL_SIZE = 10.0  # metres
 REFLECTANCE_SCALE = 10_000  # Sentinel-2 L2A digital numbers per unit reflectance
@@ -118,8 +118,8 @@ BACKSCATTER_DB = {
 #: roughness, canopy water and structure, wet or dry snow, street orientation. The spread is why radar alone
 #: confuses the low-vegetation classes (and bare ground with snow), while their optical spectra stay apart.
 BACKSCATTER_SPREAD_DB = {
-    TREE: 1.0, SHRUB: 1.5, GRASS: 1.5, CROP: 1.5, BUILT: 2.5, BARE: 2.0, SNOW: 3.0, WATER: 0.0, WETLAND: 2.0,
-    MOSS: 1.5,
+    TREE: 0.7, SHRUB: 1.0, GRASS: 1.0, CROP: 1.0, BUILT: 1.5, BARE: 1.2, SNOW: 2.0, WATER: 0.0, WETLAND: 1.2,
+    MOSS: 1.0,
 }  # fmt: skip
 #: Change of backscatter with incidence angle (dB per degree, from REFERENCE_INCIDENCE): steep for surface
 #: scattering (bare ground, water), gentle for volume scattering (forest).
@@ -500,9 +500,9 @@ def sentinel2_reflectance(
 def draw_cloud_cover(rng: np.random.Generator) -> float:
     """Target cloud cover: most patches clear, some partly cloudy, a few heavily cloudy."""
     kind = rng.random()
-    if kind < 0.55:
+    if kind < 0.65:
         return 0.0
-    return rng.uniform(0.05, 0.35) if kind < 0.8 else rng.uniform(0.4, 0.9)
+    return rng.uniform(0.05, 0.35) if kind < 0.9 else rng.uniform(0.5, 0.9)
 
 
 def add_clouds(reflectance: np.ndarray, cover: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
