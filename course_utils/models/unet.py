@@ -226,6 +226,7 @@ def fit_segmentation(
     validation mIoU. ``patience``: stop after that many epochs without a better one (``None``: run all ``epochs``);
     ``min_delta``: the smallest gain in validation mIoU that counts as better (:func:`course_utils.train.fit`).
     """
+    release_memory()  # hand back what earlier work freed, before training's activations take their share
     draws = samples_per_epoch or len(train_set)
     sampler = torch.utils.data.RandomSampler(train_set, replacement=True, num_samples=draws)
     common = {"num_workers": num_workers, "pin_memory": device.type == "cuda", "persistent_workers": num_workers > 0}
