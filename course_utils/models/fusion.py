@@ -402,7 +402,7 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, steps: int = 50)
         return loss
 
     optimizer.step(closure)
-    return float(log_temperature.exp())
+    return float(log_temperature.detach().exp())
 
 
 def predictive_entropy(probabilities: torch.Tensor, dim: int = 1) -> torch.Tensor:
