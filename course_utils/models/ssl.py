@@ -175,7 +175,12 @@ def hypercolumns(maps: list[torch.Tensor], size: tuple[int, int] | None = None) 
     """Per-pixel multi-scale features: every map bilinearly upsampled to ``size`` (default: the first map's)
     and concatenated along channels, ``[B, sum(C), H, W]`` (Hariharan et al., 2015)."""
     size = size or tuple(maps[0].shape[-2:])
-    return torch.cat([F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps], dim=1)
+    out = maps[0].new_empty((maps[0].shape[0], sum(m.shape[1] for m in maps), *size))
+    start = 0
+    for m in maps:  # filled level by level: one upsampled map at a time in memory besides the result
+        out[:, start : start + m.shape[1]] = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        start += m.shape[1]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- MAE
@@ -349,10 +354,11 @@ def pretraining_images(
     folder = ensure_fields(mode or get_mode(), data_seed)
     catalog = read_catalog(folder)
     catalog = catalog[catalog["split"].isin(splits)]
-    stored = [read_raster(folder / path)[0] for path in catalog["image"]]
-    mean, std = band_statistics(stored)
+    images: list[Any] = [read_raster(folder / path)[0] for path in catalog["image"]]
+    mean, std = band_statistics(images)
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    images = [torch.from_numpy((im.astype(np.float32) - mean[:, None, None]) / std[:, None, None]) for im in stored]
+    for i, stored in enumerate(images):  # in place: each stored image is freed as soon as it is normalised
+        images[i] = torch.from_numpy((stored.astype(np.float32) - mean[:, None, None]) / std[:, None, None])
     return images, (mean, std)
 
 
