@@ -37,7 +37,7 @@ from course_utils.data.fields import BANDS, ensure_fields
 from course_utils.data.store import band_statistics, read_catalog
 from course_utils.files import atomic_path
 from course_utils.geo import read_raster
-from course_utils.models.unet import CLASS_NAMES, FIELD_UNET_RECIPE, UNet
+from course_utils.models.unet import CLASS_NAMES, FIELD_UNET_RECIPE, UNet, release_memory
 from course_utils.models.vit import PatchEmbedding, TransformerBlock, _init_weights
 from course_utils.train import autocast, keyed_path, load_or_train
 
@@ -475,6 +475,7 @@ def load_or_train_ssl_field_unet(
             tmp.write_text(json.dumps(losses))
 
     load_or_train(model, _ssl_base(mode, seed), pretrain, ssl_field_unet_recipe(mode, seed, data_seed))
+    release_memory()  # the pretraining's images and activations are garbage now: hand their memory back
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = UNet(in_channels=len(BANDS), classes=len(CLASS_NAMES), width=width, depth=3)
