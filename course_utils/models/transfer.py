@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from course_utils.models.unet import release_memory
 from course_utils.train import autocast, split_batch
 
 PARTS = ("encoder", "decoder", "head")
@@ -156,6 +157,8 @@ def fine_tune(
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
+    del optimizer, scheduler, loader
+    release_memory()  # the activations of training are garbage now: hand their memory back
     return torch.stack(losses).float().cpu().tolist()
 
 
@@ -175,6 +178,7 @@ def adapt_batchnorm(
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         raise ValueError("the model has no batch-norm layers to adapt")
+    release_memory()  # hand back what earlier work freed before whole chips' activations take their share
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
