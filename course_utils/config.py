@@ -11,15 +11,24 @@ directory, so a notebook runs the same from any folder:
 * when the package is installed elsewhere (Colab, ``pip install git+...``),
   both live under ``~/.cache/dl4rs-course``;
 * checkpoints (trained weights later notebooks reuse) go to ``<repo>/checkpoints`` likewise;
-* ``COURSE_DATA_DIR``, ``COURSE_RESULTS_DIR`` and ``COURSE_CHECKPOINT_DIR`` override them.
+* ``COURSE_DATA_DIR``, ``COURSE_RESULTS_DIR`` and ``COURSE_CHECKPOINT_DIR`` override them. A relative
+  path there starts at the repository's root (where ``make`` runs), whatever the working directory, so
+  ``make data`` and a notebook run from ``notebooks/`` use the same folder; outside a clone, give an
+  absolute path.
+
+The settings ``COURSE_MODE``, ``COURSE_SEED`` and ``COURSE_DEVICE`` are checked where they are read
+(:func:`get_mode`, :func:`course_seed`, :func:`get_device`): a value the course cannot use raises a
+:class:`ConfigError` naming the variable, the value given and the values accepted.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import platform
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,8 +49,25 @@ COURSE_REF = "main"
 MODES = ("smoke", "lite", "full")
 """``smoke``: CI, tiny data. ``lite``: a laptop CPU or Binder. ``full``: one GPU."""
 
+MAX_SEED = 99_999
+"""The largest ``COURSE_SEED``: notebooks derive training seeds from it (``100 * seed + i``), which must stay
+within NumPy's legacy seed range (below 2**32)."""
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A course setting (an environment variable) whose value the course cannot use; the message says the fix."""
+
+
+def _setting_error(
+    variable: str, value: str, problem: str, accepted: str, choices: tuple[str, ...] = ()
+) -> ConfigError:
+    """The error for ``variable=value``: what is wrong, the values accepted and, for a near miss, the likely one."""
+    close = difflib.get_close_matches(value.lower(), choices, n=1, cutoff=0.6)
+    hint = f" Did you mean {variable}={close[0]}?" if close else ""
+    return ConfigError(f"{variable}={value!r} {problem}; accepted: {accepted}.{hint}")
 
 
 def repo_root() -> Path | None:
@@ -55,13 +81,25 @@ def repo_root() -> Path | None:
 def _course_dir(env_var: str, in_repo: str, name: str) -> Path:
     """The folder ``env_var`` names, else ``<repo>/<in_repo>``, else ``~/.cache/dl4rs-course/<name>``.
 
+    A relative ``env_var`` starts at the repository's root, never at the working directory.
+
     Raises:
+        ConfigError: for a relative ``env_var`` when the package is not in a clone of the repository.
         NotADirectoryError: when that path is an existing file, saying how to choose another folder.
     """
-    override = os.environ.get(env_var)
+    override = os.environ.get(env_var, "").strip()
     root = repo_root()
     if override:
-        folder = Path(override).expanduser().resolve()
+        folder = Path(override).expanduser()
+        if not folder.is_absolute():
+            if root is None:
+                raise ConfigError(
+                    f"{env_var}={override!r} is a relative path, and relative paths start at the course's "
+                    f"repository, which this installed package is not in: give an absolute path, "
+                    f"e.g. {env_var}={Path.cwd() / folder}."
+                )
+            folder = root / folder
+        folder = folder.resolve()
     elif root is not None:
         folder = root / in_repo
     else:
@@ -93,16 +131,13 @@ def get_mode() -> str:
     """The run mode from ``COURSE_MODE``; default ``full`` when CUDA is available, else ``lite``.
 
     Raises:
-        ValueError: if ``COURSE_MODE`` is set to something other than smoke, lite or full.
+        ConfigError: if ``COURSE_MODE`` is set to something other than smoke, lite or full (lower case).
     """
-    value = os.environ.get("COURSE_MODE", "").strip().lower()
+    value = os.environ.get("COURSE_MODE", "").strip()
     if not value:
         return "full" if torch.cuda.is_available() else "lite"
     if value not in MODES:
-        raise ValueError(
-            f"COURSE_MODE={value!r} is not a mode; use one of {', '.join(MODES)} "
-            "(for example `COURSE_MODE=smoke make test`)."
-        )
+        raise _setting_error("COURSE_MODE", value, "is not a mode", f"{', '.join(MODES)} (lower case)", MODES)
     return value
 
 
@@ -110,11 +145,11 @@ def course_seed() -> int:
     """The seed of a course run from ``COURSE_SEED`` (default 0): it sets every notebook's data and training seeds.
 
     Raises:
-        ValueError: if ``COURSE_SEED`` is not a non-negative whole number.
+        ConfigError: if ``COURSE_SEED`` is not a whole number from 0 to :data:`MAX_SEED`.
     """
     value = os.environ.get("COURSE_SEED", "").strip() or "0"
-    if not value.isdigit():
-        raise ValueError(f"COURSE_SEED={value!r} is not a seed; use a whole number >= 0 (for example COURSE_SEED=1).")
+    if not (value.isascii() and value.isdigit()) or int(value) > MAX_SEED:
+        raise _setting_error("COURSE_SEED", value, "is not a seed", f"a whole number from 0 to {MAX_SEED}, e.g. 1")
     return int(value)
 
 
@@ -125,14 +160,31 @@ def by_mode(mode: str, *, smoke: T, lite: T, full: T) -> T:
     return {"smoke": smoke, "lite": lite, "full": full}[mode]
 
 
+def available_devices() -> tuple[str, ...]:
+    """The device names this machine can compute on: ``cpu``, then ``cuda:0`` ... and ``cuda``, then ``mps``."""
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    return ("cpu", *(("cuda",) if cuda else ()), *(f"cuda:{i}" for i in range(cuda)), *(("mps",) if mps else ()))
+
+
 def get_device(prefer: str | None = None) -> torch.device:
-    """The device to compute on: ``COURSE_DEVICE`` or ``prefer`` if given, else CUDA, Apple MPS, CPU."""
-    name = prefer or os.environ.get("COURSE_DEVICE")
+    """The device to compute on: ``prefer`` or ``COURSE_DEVICE`` if given, else CUDA, Apple MPS, CPU.
+
+    Raises:
+        ConfigError: for a name that is not a device (``cpu``, ``cuda``, ``cuda:<index>``, ``mps``, lower case)
+            or a device this machine lacks, naming the setting, the value and the devices available here.
+    """
+    variable, name = ("device", prefer) if prefer else ("COURSE_DEVICE", os.environ.get("COURSE_DEVICE", ""))
+    name = name.strip()
     if name:
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} was asked for, but CUDA is not available here; unset COURSE_DEVICE.")
-        return device
+        available = available_devices()
+        here = f"on this machine {', '.join(available)}"
+        if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+            raise _setting_error(variable, name, "is not a device", f"cpu, cuda, cuda:<index>, mps; {here}", available)
+        if name not in available:
+            raise _setting_error(variable, name, "names a device this machine lacks (or this torch cannot use)",
+                                 f"{here} (or leave it unset to get the best one)", available)  # fmt: skip
+        return torch.device(name)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

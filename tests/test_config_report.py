@@ -13,11 +13,47 @@ from course_utils import config, report
 
 
 def test_mode_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COURSE_MODE", " Smoke ")
+    monkeypatch.setenv("COURSE_MODE", " smoke ")
     assert config.get_mode() == "smoke"
     monkeypatch.setenv("COURSE_MODE", "turbo")
     with pytest.raises(ValueError, match="smoke, lite, full"):
         config.get_mode()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "accepted"),
+    [
+        ("COURSE_MODE", "Lite", "Did you mean COURSE_MODE=lite"),  # wrongly cased
+        ("COURSE_MODE", "lit", "Did you mean COURSE_MODE=lite"),  # a typo
+        ("COURSE_SEED", "1e3", "a whole number from 0 to 99999"),
+        ("COURSE_SEED", "4294967296", "a whole number from 0 to 99999"),  # beyond NumPy's seeds
+        ("COURSE_SEED", "²", "a whole number from 0 to 99999"),  # a digit to str.isdigit, not to int()
+        ("COURSE_DEVICE", "CUDA", "cpu, cuda, cuda:<index>, mps"),  # torch's own error named no variable
+        ("COURSE_DEVICE", "gpu", "cpu, cuda, cuda:<index>, mps"),
+    ],
+)
+def test_a_bad_setting_names_the_variable_the_value_and_the_accepted_values(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, accepted: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    read = {"COURSE_MODE": config.get_mode, "COURSE_SEED": config.course_seed, "COURSE_DEVICE": config.get_device}
+    with pytest.raises(config.ConfigError) as error:
+        read[variable]()
+    assert f"{variable}={value!r}" in str(error.value) and "accepted:" in str(error.value)
+    assert accepted in str(error.value)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "mps"])
+def test_a_device_this_machine_lacks_fails_at_once(monkeypatch: pytest.MonkeyPatch, device: str) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setenv("COURSE_DEVICE", "cuda:0")
+    assert config.get_device() == torch.device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: device != "cuda")  # "cuda" is asked on a CPU machine
+    monkeypatch.setenv("COURSE_DEVICE", device)
+    with pytest.raises(config.ConfigError, match=f"COURSE_DEVICE='{device}' names a device this machine lacks"):
+        config.get_device()
 
 
 def test_default_mode_follows_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,7 +75,7 @@ def test_device_override_and_missing_cuda(monkeypatch: pytest.MonkeyPatch) -> No
     assert config.get_device().type == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("COURSE_DEVICE", "cuda")
-    with pytest.raises(RuntimeError, match="CUDA is not available"):
+    with pytest.raises(config.ConfigError, match="accepted: on this machine cpu"):
         config.get_device()
 
 
@@ -67,6 +103,24 @@ def test_paths_come_from_the_package_not_the_cwd(tmp_path: Path, monkeypatch: py
     assert config.results_dir() == root / "results"
     monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "elsewhere"))
     assert config.data_dir() == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize("variable", ["COURSE_DATA_DIR", "COURSE_CHECKPOINT_DIR", "COURSE_RESULTS_DIR"])
+def test_a_relative_folder_setting_starts_at_the_repository_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    root = Path(__file__).resolve().parent.parent
+    folder = {"COURSE_DATA_DIR": config.data_dir, "COURSE_CHECKPOINT_DIR": config.checkpoint_dir,
+              "COURSE_RESULTS_DIR": config.results_dir}[variable]  # fmt: skip
+    monkeypatch.setenv(variable, "my cache/../my-cache")
+    seen = []
+    for cwd in (root, root / "notebooks", tmp_path):  # make (repo root), a notebook, anywhere else
+        monkeypatch.chdir(cwd)
+        seen.append(folder())
+    assert seen == [root / "my-cache"] * 3
+    monkeypatch.setattr(config, "PACKAGE_DIR", tmp_path / "site-packages" / "course_utils")  # installed elsewhere
+    with pytest.raises(config.ConfigError, match=f"{variable}='my cache/../my-cache' is a relative path"):
+        folder()
 
 
 def test_installed_package_uses_the_home_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

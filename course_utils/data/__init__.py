@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from course_utils.config import course_seed
 from course_utils.data.fields import ensure_fields
 from course_utils.data.landscape import ensure_landscape
 from course_utils.data.parcels import ensure_parcels
@@ -24,6 +25,10 @@ FAMILIES: dict[str, Callable[..., Path]] = {
 }
 
 
-def ensure_all(mode: str | None = None, seed: int = 0) -> dict[str, Path]:
-    """Generate every family that is not in the cache yet; return each family's folder."""
+def ensure_all(mode: str | None = None, seed: int | None = None) -> dict[str, Path]:
+    """Generate every family that is not in the cache yet; return each family's folder.
+
+    ``mode`` and ``seed`` default to ``COURSE_MODE`` and ``COURSE_SEED``.
+    """
+    seed = course_seed() if seed is None else seed
     return {name: ensure(mode=mode, seed=seed) for name, ensure in FAMILIES.items()}
