@@ -49,6 +49,11 @@ COURSE_REF = "main"
 MODES = ("smoke", "lite", "full")
 """``smoke``: CI, tiny data. ``lite``: a laptop CPU or Binder. ``full``: one GPU."""
 
+DATA_VERSIONS: dict[str, int] = {"fields": 3, "landscape": 3, "parcels": 2}
+"""The version of each generated data family. Bump a family's number whenever its generator changes: its cache
+folder (:func:`data_family`) and every checkpoint key (:func:`course_utils.train.recipe_key`) change with it, so
+neither old data nor a model trained on it is reused."""
+
 MAX_SEED = 99_999
 """The largest ``COURSE_SEED``: notebooks derive training seeds from it (``100 * seed + i``), which must stay
 within NumPy's legacy seed range (below 2**32)."""
@@ -76,6 +81,11 @@ def repo_root() -> Path | None:
     if (candidate / "pyproject.toml").is_file() and (candidate / "notebooks").is_dir():
         return candidate
     return None
+
+
+def data_family(name: str) -> str:
+    """A generated family's versioned name, the prefix of its cache folders: ``"fields"`` -> ``"fields-v2"``."""
+    return f"{name}-v{DATA_VERSIONS[name]}"
 
 
 def _course_dir(env_var: str, in_repo: str, name: str) -> Path:

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 from tqdm import tqdm  # the text bar: works in terminals and notebooks without ipywidgets
 
+from course_utils.config import DATA_VERSIONS
 from course_utils.files import atomic_path
 from course_utils.metrics import accuracy, mean_f1, mean_iou
 
@@ -292,12 +293,19 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
 
 
 def recipe_key(recipe: Mapping[str, Any]) -> str:
-    """Ten hex digits that change with any value of ``recipe`` (SHA-256 of its sorted JSON).
+    """Ten hex digits that change with any value of ``recipe`` and with the data's version (SHA-256 of sorted JSON).
 
     Put every setting that changes the trained weights in the recipe: hyperparameters, data seed, training
     seed and the key of any checkpoint it starts from. Values must be JSON types (numbers, strings, lists).
+    The versions of the generated data families (:data:`course_utils.config.DATA_VERSIONS`) are added to every
+    recipe (:func:`versioned_recipe`), so a model trained on an older generator's data is never reused.
     """
-    return hashlib.sha256(_plain(recipe).encode()).hexdigest()[:10]
+    return hashlib.sha256(_plain(versioned_recipe(recipe)).encode()).hexdigest()[:10]
+
+
+def versioned_recipe(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """``recipe`` with the generated data families' versions under ``"data_versions"``, as checkpoints record it."""
+    return {**recipe, "data_versions": dict(DATA_VERSIONS)}
 
 
 def _plain(values: Any) -> str:
@@ -358,7 +366,7 @@ def _fit_settings(
         "optimizer": {"type": type(optimizer).__name__}
         | (groups[0] if len(groups) == 1 else {f"group{i}": g for i, g in enumerate(groups)}),
         "monitor": monitor,
-        "recipe": dict(recipe or {}),
+        "recipe": versioned_recipe(recipe or {}),
     }
     if scheduler is not None:
         state = scheduler.state_dict()
@@ -485,6 +493,11 @@ def fit(
         total_loss, count = totals.tolist()
         if count == 0:
             raise ValueError("the training loader is empty")
+        if not math.isfinite(total_loss):
+            raise FloatingPointError(
+                f"the training loss became {total_loss} in epoch {epoch}: the training diverged. Lower the learning "
+                "rate (try a tenth of it), or add gradient clipping; check the inputs are normalised and finite."
+            )
         val = evaluate(
             network, val_loader, loss_fn, device, inputs=inputs, target=target,
             num_classes=num_classes, ignore_index=ignore_index, amp=amp, channels_last=channels_last,
@@ -555,10 +568,12 @@ def load_or_train(
     if path.is_file():
         saved = load_checkpoint(path)
         state = saved["state_dict"] if "state_dict" in saved else saved
-        differences = _differences(saved.get("recipe", {}), dict(recipe)) if recipe is not None else []
+        differences = _differences(saved.get("recipe", {}), versioned_recipe(recipe)) if recipe is not None else []
         if differences:
             raise ValueError(f"{path} records another recipe than its key says; delete it to retrain:\n  "
                              + "\n  ".join(differences))  # fmt: skip
+        _refuse_non_finite(state, f"{path} holds weights that are not finite numbers (a training that diverged); "
+                           "delete the file to retrain, with a lower learning rate")  # fmt: skip
         try:
             model.load_state_dict(state)
         except RuntimeError as error:
@@ -574,6 +589,20 @@ def load_or_train(
 
 
 def save_weights(state: Mapping[str, torch.Tensor], path: str | os.PathLike, recipe: Mapping[str, Any] | None) -> None:
-    """Write trained weights with the recipe that made them, in the file format :func:`load_or_train` reads."""
-    payload = {"state_dict": {k: v.cpu() for k, v in state.items()}, "recipe": json.loads(_plain(dict(recipe or {})))}
+    """Write trained weights with the recipe that made them, in the file format :func:`load_or_train` reads.
+
+    Raises:
+        FloatingPointError: when a weight is NaN or infinite (a diverged training): nothing is written.
+    """
+    _refuse_non_finite(state, f"not saving {Path(path).name}: its weights are not finite numbers (the training "
+                       "diverged); lower the learning rate and train again")  # fmt: skip
+    recipe = versioned_recipe(recipe) if recipe is not None else {}
+    payload = {"state_dict": {k: v.cpu() for k, v in state.items()}, "recipe": json.loads(_plain(recipe))}
     _save_atomic(payload, Path(path))
+
+
+def _refuse_non_finite(state: Mapping[str, Any], message: str) -> None:
+    """Raise ``FloatingPointError(message)``, naming the first tensor, if any floating tensor holds NaN or inf."""
+    for name, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise FloatingPointError(f"{message} (first bad tensor: {name})")

@@ -177,3 +177,28 @@ def test_an_interrupted_generation_leaves_nothing_behind(
         fields.ensure_fields("smoke", seed=7)
     assert not store.dataset_dir("fields", "smoke", 7).exists()
     assert not list(course_data_dir.glob(".partial-*"))
+
+
+def test_the_archive_images_each_chip_again_on_other_dates(smoke: Path, catalog: pd.DataFrame) -> None:
+    archive = store.read_catalog(smoke / fields.ARCHIVE)
+    chips = catalog[catalog["split"] != "scene"]
+    assert len(archive) == 2 * len(chips) and set(archive["chip_id"]) == set(chips["id"])  # smoke: 2 dates a chip
+    row = archive.iloc[0]
+    chip = chips.set_index("id").loc[row["chip_id"]]
+    assert (smoke / fields.ARCHIVE / row["label"]).resolve() == (smoke / chip["label"]).resolve()  # same fields
+    dated, dated_profile = read_raster(smoke / fields.ARCHIVE / row["image"])
+    labelled, profile = read_raster(smoke / chip["image"])
+    assert dated_profile["transform"] == profile["transform"] and dated.shape == labelled.shape
+    assert np.abs(dated.astype(float) - labelled).mean() > 20  # another date looks different
+    samples = fields.FieldChipDataset("test", folder=smoke / fields.ARCHIVE)  # the course's dataset reads it as is
+    assert samples[0]["mask"].shape == samples[0]["image"].shape[1:]
+
+
+def test_the_labelled_date_is_neutral_and_other_dates_vary() -> None:
+    region = fields.REGIONS["smallholder"]
+    assert fields.LABELLED.on(region) == region
+    dates = [fields.Acquisition.draw(np.random.default_rng(k)) for k in range(50)]
+    for name in ("canopy", "soil_moisture", "haze", "offset"):
+        values = [getattr(date, name) for date in dates]
+        assert np.std(values) > 0, name
+    assert any(date.harvested > 0 for date in dates) and any(date.shadow_px > 0 for date in dates)

@@ -318,3 +318,44 @@ def test_gains_below_min_delta_keep_the_weights_but_do_not_count_as_improving() 
     assert evaluate(model, val, nn.CrossEntropyLoss(), CPU)["loss"] == pytest.approx(losses[-1], rel=1e-5)
     strict = History(records=history.records, best_epoch=3, best_value=losses[-1])  # min_delta 0: still improving
     assert not strict.converged
+
+
+def test_a_diverging_training_stops_with_advice_and_poisons_no_cache(tmp_path: Path) -> None:
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    data = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=16)
+
+    def diverge(model: nn.Module) -> None:  # a regression at far too high a learning rate: the loss overflows
+        fit(model, data, data, loss_fn=nn.MSELoss(), optimizer=torch.optim.SGD(model.parameters(), lr=1e3),
+            epochs=20, device=CPU, progress=False)  # fmt: skip
+
+    with pytest.raises(FloatingPointError, match="diverged. Lower the learning rate"):
+        load_or_train(nn.Linear(2, 1), tmp_path / "m.pt", diverge, {"lr": 1e3})
+    assert not list(tmp_path.glob("m*.pt"))  # nothing was written under the recipe's key
+
+    def nan_weights(model: nn.Module) -> None:
+        with torch.no_grad():
+            model.weight.fill_(float("nan"))
+
+    with pytest.raises(FloatingPointError, match="not finite"):
+        load_or_train(nn.Linear(2, 2), tmp_path / "m.pt", nan_weights, {"lr": 0.1})
+    assert not list(tmp_path.glob("m*.pt"))
+    poisoned = keyed_path(tmp_path / "m.pt", {"lr": 0.1})  # a file an older course version wrote
+    nan_state = {"weight": torch.full((2, 2), float("nan")), "bias": torch.zeros(2)}
+    torch.save({"state_dict": nan_state, "recipe": train.versioned_recipe({"lr": 0.1})}, poisoned)
+    with pytest.raises(FloatingPointError, match="delete the file to retrain"):
+        load_or_train(nn.Linear(2, 2), tmp_path / "m.pt", nan_weights, {"lr": 0.1})
+
+
+def test_checkpoint_keys_change_with_the_data_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = {"epochs": 5, "data_seed": 0}
+
+    def fill(model: nn.Module) -> None:
+        with torch.no_grad():
+            model.weight.fill_(1.0)
+
+    assert load_or_train(nn.Linear(2, 2), tmp_path / "m.pt", fill, recipe) is False
+    before = keyed_path(tmp_path / "m.pt", recipe)
+    assert torch.load(before)["recipe"]["data_versions"] == train.DATA_VERSIONS
+    monkeypatch.setitem(train.DATA_VERSIONS, "fields", train.DATA_VERSIONS["fields"] + 1)  # the generator changed
+    assert keyed_path(tmp_path / "m.pt", recipe) != before
+    assert load_or_train(nn.Linear(2, 2), tmp_path / "m.pt", fill, recipe) is False  # trained anew, not reused

@@ -19,12 +19,19 @@ Labels are burned from the written polygons with :func:`course_utils.geo.rasteri
 Two regions differ in field size, soil colour, season (greenness) and sensor gain, so a model trained on
 one loses accuracy on the other: ``smallholder`` (0.1-1 ha plots, peak long-rains season, dark red soil)
 and ``commercial`` (3-15 ha fields, early season, pale sandy soil); see :data:`REGIONS`.
+
+**An archive of acquisitions.** The chips of ``catalog.csv`` are the labelled acquisition of each place: one
+date, as a label campaign draws its polygons on a few images. The same places are imaged again on other dates
+(``archive/catalog.csv``): same layout and labels, another :class:`Acquisition` (stage of the season and share of
+harvested fields, soil moisture, haze, sensor gain and offset, sun elevation, clouds). That is what a real archive
+holds: many unlabelled acquisitions for few labelled ones, and two dates of one place are a natural positive pair
+for self-supervision (Seasonal Contrast, Mañas et al., 2021).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +47,17 @@ from rasterio.transform import Affine
 from scipy import ndimage
 from shapely.geometry import LineString, Polygon
 
-from course_utils.config import by_mode, get_mode
+from course_utils.config import by_mode, data_family, get_mode
 from course_utils.data.store import band_statistics, ensure_generated, read_catalog, worker_pool
 from course_utils.geo import rasterize_fields, read_raster, write_raster
 
-FAMILY = "fields"
+FAMILY = data_family("fields")  # versioned: see course_utils.config.DATA_VERSIONS
 BANDS = ("blue", "green", "red", "nir")
 PIXEL_SIZE = 4.77  # metres, the Planet NICFI basemap's pixel
 EDGE_PX = 1  # width of the field-edge class in pixels (about 5 m)
 SPLITS = ("train", "val", "test", "scene")
 SCALE = 10_000  # stored value = reflectance x SCALE; 0 is nodata
+ARCHIVE = "archive"  # sub-folder of the other dates' images of the same chips, with their own catalog.csv
 
 # Reflectance spectra (blue, green, red, NIR) of closed canopies, bare materials and targets.
 TREES = (0.022, 0.045, 0.028, 0.28)
@@ -146,13 +154,58 @@ REGIONS: dict[str, Region] = {
 
 
 def _sizes(mode: str) -> dict[str, Any]:
-    """Chip size, chips per split and region, scene size and scenes per region for a mode."""
+    """Chip size, chips per split and region, scene size and scenes per region, archive dates per chip, for a mode."""
     return by_mode(
         mode,
-        smoke={"chip": 128, "train": 6, "val": 2, "test": 2, "scene": 256, "scenes": 1},
-        lite={"chip": 256, "train": 48, "val": 12, "test": 16, "scene": 768, "scenes": 2},
-        full={"chip": 256, "train": 96, "val": 24, "test": 32, "scene": 1024, "scenes": 2},
+        smoke={"chip": 128, "train": 6, "val": 2, "test": 2, "scene": 256, "scenes": 1, "dates": 2},
+        lite={"chip": 256, "train": 48, "val": 12, "test": 16, "scene": 768, "scenes": 2, "dates": 3},
+        full={"chip": 256, "train": 96, "val": 24, "test": 32, "scene": 1024, "scenes": 2, "dates": 4},
     )
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """What changes between two images of the same place: the date's conditions, as factors on the region's.
+
+    The default is the region's labelled acquisition (every factor neutral), which renders the chips of
+    ``catalog.csv`` exactly.
+    """
+
+    canopy: float = 1.0  # growing crops' canopy cover x this: the stage of the season
+    harvested: float = 0.0  # share of growing fields harvested or ploughed by this date
+    soil_moisture: float = 1.0  # soil reflectance x this (wet soil is darker)
+    haze: float = 1.0  # the region's haze x this
+    gain: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # the sensor's gain this date, per band
+    offset: float = 0.0  # the sensor's dark-level error this date (reflectance, all bands)
+    shadow_px: int = 0  # length of tree shadows (a low sun in the morning pass casts longer ones)
+    cloud_share: float = 0.2  # probability that the image holds clouds
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> Acquisition:
+        """Another date in the same season of the same region, with its own atmosphere and calibration."""
+        return cls(
+            canopy=float(rng.uniform(0.35, 1.15)),
+            harvested=float(rng.choice([0.0, rng.uniform(0.1, 0.5)], p=[0.6, 0.4])),
+            soil_moisture=float(rng.uniform(0.7, 1.2)),
+            haze=float(rng.uniform(0.5, 3.0)),
+            gain=tuple(float(g) for g in rng.uniform(0.9, 1.1) * rng.uniform(0.96, 1.04, 4)),
+            offset=float(rng.uniform(-0.008, 0.008)),
+            shadow_px=int(rng.integers(0, 4)),
+            cloud_share=0.3,
+        )
+
+    def on(self, region: Region) -> Region:
+        """The region as this acquisition sees it: season, soil and sensor shifted by the date's factors."""
+        return replace(
+            region,
+            crop_cover=(region.crop_cover[0] * self.canopy, min(region.crop_cover[1] * self.canopy, 1.0)),
+            soil=tuple(v * self.soil_moisture for v in region.soil),
+            haze=region.haze * self.haze,
+            gain=tuple(g * d for g, d in zip(region.gain, self.gain, strict=True)),
+        )
+
+
+LABELLED = Acquisition()
 
 
 # ----------------------------------------------------------------------------------------------- parcels
@@ -293,8 +346,14 @@ def _mix(cover: np.ndarray, canopy: np.ndarray, ground: np.ndarray) -> np.ndarra
     return cover[None] * canopy + (1 - cover[None]) * ground
 
 
-def render(rng: np.random.Generator, region: Region, land: Landscape, height: int, width: int) -> np.ndarray:
-    """Surface reflectance ``[4, H, W]`` (float, 0-1) of a laid-out landscape, before the sensor."""
+def render(
+    rng: np.random.Generator, region: Region, land: Landscape, height: int, width: int, date: Acquisition = LABELLED
+) -> np.ndarray:
+    """Surface reflectance ``[4, H, W]`` (float, 0-1) of a laid-out landscape on a date, before the sensor.
+
+    ``region`` is the region as ``date`` sees it (:meth:`Acquisition.on`); ``date`` adds the harvested fields and the
+    tree shadows. The neutral date draws nothing extra, so the labelled chips do not depend on the archive.
+    """
     shape = (height, width)
     soil = np.array(region.soil)
     ids = np.zeros(shape, np.int32)
@@ -306,6 +365,8 @@ def render(rng: np.random.Generator, region: Region, land: Landscape, height: in
     uses = np.array(["between", *land.uses])
     growing = np.isin(uses, list(region.crops))
     cover = np.where(growing, rng.uniform(*region.crop_cover, n), 0.0)
+    if date.harvested > 0:  # harvested or ploughed by this date: still fields, now bare
+        uses = np.where(growing & (rng.random(n) < date.harvested), "bare", uses)
     cover[uses == "bare"] = rng.uniform(0.0, 0.08, int((uses == "bare").sum()))
     cover[uses == "fallow"] = np.clip(
         rng.normal(np.mean(region.crop_cover), 0.15, int((uses == "fallow").sum())), 0.2, 0.95
@@ -336,6 +397,9 @@ def render(rng: np.random.Generator, region: Region, land: Landscape, height: in
     trees = ((hedges | clumps) & (between | (use_map == "homestead"))) | (use_map == "woodlot")
     crowns = np.clip(0.75 + 0.25 * smooth_noise(rng, shape, 1.2), 0.4, 1.1)
     image = np.where(trees[None], np.array(TREES)[:, None, None] * crowns[None], image)
+    if date.shadow_px > 0:  # shadows fall away from the sun, here to the north-west
+        shadow = ndimage.shift(trees.astype(np.float32), (-date.shadow_px, -date.shadow_px), order=0) > 0
+        image = np.where((shadow & ~trees)[None], image * 0.55, image)
 
     # roads and homesteads: murram/gravel strips, bare compounds with metal or rusty roofs
     road_lines = [road.buffer(rng.uniform(1.0, 2.0)) for road in land.roads if not road.is_empty]
@@ -352,8 +416,11 @@ def render(rng: np.random.Generator, region: Region, land: Landscape, height: in
     return np.where(roofs[None], roof_spectra, image)
 
 
-def observe(rng: np.random.Generator, region: Region, reflectance: np.ndarray, cloudy: bool) -> np.ndarray:
-    """What the sensor records: blur, haze, clouds with shadows, gain, noise; uint16 x 10 000, never 0."""
+def observe(
+    rng: np.random.Generator, region: Region, reflectance: np.ndarray, cloudy: bool, offset: float = 0.0
+) -> np.ndarray:
+    """What the sensor records: blur, haze, clouds with shadows, gain, dark-level ``offset``, noise; uint16 x 10 000,
+    never 0."""
     shape = reflectance.shape[1:]
     image = ndimage.gaussian_filter(reflectance, sigma=(0, 0.6, 0.6))  # the sensor's blur mixes border pixels
     haze = region.haze * rng.uniform(0.5, 1.5) * (1 + 0.3 * smooth_noise(rng, shape, 64))
@@ -365,7 +432,7 @@ def observe(rng: np.random.Generator, region: Region, reflectance: np.ndarray, c
         shadow = ndimage.shift(cloud, shift, order=0, cval=0.0) * (1 - cloud)
         image = image * (1 - 0.55 * shadow[None])
         image = _mix(cloud, np.array(CLOUD), image)
-    image = image * np.array(region.gain)[:, None, None]
+    image = image * np.array(region.gain)[:, None, None] + offset
     read_noise = rng.normal(0.0, 0.004, image.shape)
     shot_noise = rng.normal(0.0, 0.01, image.shape) * np.sqrt(image.clip(0))  # grows with the signal
     image = image + read_noise + shot_noise
@@ -436,6 +503,40 @@ def _write_chip(
     return row, fields
 
 
+def _write_archive_date(
+    folder: Path, region_name: str, chip_id: str, split: str, size: int, origin: tuple[float, float], seed: list[int],
+    date_index: int,
+) -> dict[str, Any]:
+    """Image one chip's place again on another date (:meth:`Acquisition.draw`); returns its archive catalog row.
+
+    The layout is laid out again from the chip's own seed, so fields and labels are the chip's; the date's
+    conditions and the rendering draw from ``seed + [date_index]``.
+    """
+    region = REGIONS[region_name]
+    land = lay_out(np.random.default_rng(seed), region, size, size)
+    rng = np.random.default_rng([*seed, date_index])
+    date = Acquisition.draw(rng)
+    seen = date.on(region)
+    cloudy = bool(rng.random() < date.cloud_share)
+    image = observe(rng, seen, render(rng, seen, land, size, size, date), cloudy=cloudy, offset=date.offset)
+    profile = _profile(region, origin, size)
+    row = {
+        "id": f"{chip_id}-d{date_index}",
+        "region": region.name,
+        "split": split,
+        "image": f"chips/{chip_id}-d{date_index}.tif",
+        "label": f"../labels/{chip_id}.tif",
+        "fields": f"../fields/{region.name}.gpkg",
+        "chip_id": chip_id,
+        "date": date_index,
+        "cloudy": cloudy,
+    }
+    row |= {name: round(value, 4) for name, value in vars(date).items() if name not in ("gain", "cloud_share")}
+    row["gain"] = round(float(np.mean(date.gain)), 4)
+    write_raster(folder / ARCHIVE / row["image"], image, {**profile, "dtype": "uint16"})
+    return row
+
+
 def _chip_jobs(mode: str, seed: int) -> list[tuple]:
     """Arguments of :func:`_write_chip` for every chip and scene: id, split, size, origin, seed sequence.
 
@@ -466,8 +567,11 @@ def generate(folder: Path, mode: str, seed: int) -> None:
     """
     folder = Path(folder)
     jobs = _chip_jobs(mode, seed)
+    dated = [(*job, date) for job in jobs if job[2] != "scene" for date in range(1, _sizes(mode)["dates"] + 1)]
     with worker_pool() as pool:
         results = list(pool.map(_write_chip, [folder] * len(jobs), *zip(*jobs, strict=True)))
+        archive = list(pool.map(_write_archive_date, [folder] * len(dated), *zip(*dated, strict=True)))
+    pd.DataFrame(archive).to_csv(folder / ARCHIVE / "catalog.csv", index=False)
     rows = [row for row, _ in results]
     (folder / "fields").mkdir(exist_ok=True)
     for region in REGIONS:

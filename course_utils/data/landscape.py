@@ -42,11 +42,11 @@ from rasterio.transform import from_origin
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from course_utils.config import by_mode, get_mode
+from course_utils.config import by_mode, data_family, get_mode
 from course_utils.data.store import CATALOG, band_statistics, ensure_generated, read_catalog
 from course_utils.geo import read_raster, write_raster
 
-FAMILY = "landscape-v3"  # the version changes whenever the generator does, so old caches are not reused
+FAMILY = data_family("landscape")  # versioned: see course_utils.config.DATA_VERSIONS
 PATCH_SIZE = 128
 PIXEL_SIZE = 10.0  # metres
 REFLECTANCE_SCALE = 10_000  # Sentinel-2 L2A digital numbers per unit reflectance

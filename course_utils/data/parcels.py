@@ -47,10 +47,10 @@ import torch
 from pyproj import Transformer
 from torch.utils.data import Dataset
 
-from course_utils.config import by_mode, get_mode
+from course_utils.config import by_mode, data_family, get_mode
 from course_utils.data.store import band_statistics, ensure_generated, read_catalog
 
-FAMILY = "parcels-v2"
+FAMILY = data_family("parcels")  # versioned: see course_utils.config.DATA_VERSIONS
 """The cache folder's family name; the suffix is the generator's version, raised whenever its output changes."""
 YEAR = 2017
 SPLITS = ("train", "val", "test")
