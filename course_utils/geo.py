@@ -33,10 +33,10 @@ import torch
 from pyogrio.errors import DataSourceError
 from rasterio import features
 from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import RasterioIOError, WindowError
 from rasterio.transform import array_bounds
 from rasterio.warp import reproject
-from rasterio.windows import Window
+from rasterio.windows import Window, from_bounds
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, box, shape
 
@@ -609,21 +609,32 @@ def _blended_rows(
     normalise: tuple[np.ndarray, np.ndarray],
     batch_size: int,
     device: torch.device,
+    target: Window,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(first row, probabilities [K, n, W], invalid [n, W])`` for finished rows, top to bottom.
+    """Yield ``(first row, probabilities [K, n, w], invalid [n, w])`` for finished rows of ``target``, top to bottom
+    (rows counted from the top of ``target``, which lies inside the scene).
 
     The scene is virtually padded by ``overlap // 2`` (reflect) so that its border pixels are not on
-    a tile border, and to at least one tile. Windows are processed one strip (row of windows) at a
-    time; rows that no later strip touches are blended, yielded and dropped from the accumulators.
+    a tile border, and to at least one tile. The tiles are those of the whole scene that touch ``target``, so a
+    window's prediction equals the same window of the whole scene's. They are processed one strip (row of
+    tiles) at a time; rows that no later strip touches are blended, yielded and dropped from the accumulators.
     """
     margin = overlap // 2
-    padded_w = max(src.width + 2 * margin, tile)
-    windows = iter_windows(max(src.height + 2 * margin, tile), padded_w, tile, overlap)
+    windows = iter_windows(max(src.height + 2 * margin, tile), max(src.width + 2 * margin, tile), tile, overlap)
+    rows_wanted = (int(target.row_off) + margin, int(target.row_off + target.height) + margin)  # padded grid
+    cols_wanted = (int(target.col_off) + margin, int(target.col_off + target.width) + margin)
+    windows = [
+        w for w in windows
+        if w.row_off < rows_wanted[1] and w.row_off + tile > rows_wanted[0]
+        and w.col_off < cols_wanted[1] and w.col_off + tile > cols_wanted[0]
+    ]  # fmt: skip
     strips = [list(strip) for _, strip in groupby(windows, key=lambda w: w.row_off)]
+    first_col = min(int(w.col_off) for w in windows)
+    span = max(int(w.col_off) for w in windows) + tile - first_col
     weight = _taper(tile, overlap)
     mean, std = normalise
-    summed = weights = invalid = None  # accumulators [K, tile, padded_w], [tile, padded_w]; row 0 is padded row `top`
-    top = 0
+    summed = weights = invalid = None  # accumulators [K, tile, span], [tile, span]; row 0 is padded row `top`
+    top = int(strips[0][0].row_off)
     for number, strip in enumerate(strips):
         for start in range(0, len(strip), batch_size):
             batch = strip[start : start + batch_size]
@@ -633,23 +644,76 @@ def _blended_rows(
             logits = model(torch.from_numpy(x).to(device))
             probabilities = _class_probabilities(logits.float()).cpu().numpy()
             if summed is None:
-                summed = np.zeros((probabilities.shape[1], tile, padded_w), dtype=np.float32)
-                weights, invalid = np.zeros((tile, padded_w), np.float32), np.zeros((tile, padded_w), bool)
+                summed = np.zeros((probabilities.shape[1], tile, span), dtype=np.float32)
+                weights, invalid = np.zeros((tile, span), np.float32), np.zeros((tile, span), bool)
             for window, tile_probabilities, tile_invalid in zip(batch, probabilities, masks, strict=True):
-                cols = slice(int(window.col_off), int(window.col_off) + tile)
+                cols = slice(int(window.col_off) - first_col, int(window.col_off) - first_col + tile)
                 summed[:, :, cols] += tile_probabilities * weight
                 weights[:, cols] += weight
                 invalid[:, cols] |= tile_invalid
         next_top = int(strips[number + 1][0].row_off) if number + 1 < len(strips) else top + tile
-        first, last = max(top, margin), min(next_top, margin + src.height)  # finished rows inside the scene
+        first, last = max(top, rows_wanted[0]), min(next_top, rows_wanted[1])  # finished rows of the target
         if last > first:
-            rows, cols = slice(first - top, last - top), slice(margin, margin + src.width)
-            yield first - margin, summed[:, rows, cols] / weights[rows, cols], invalid[rows, cols].copy()
+            rows, cols = slice(first - top, last - top), slice(cols_wanted[0] - first_col, cols_wanted[1] - first_col)
+            yield first - rows_wanted[0], summed[:, rows, cols] / weights[rows, cols], invalid[rows, cols].copy()
         done = next_top - top
         for array in (summed, weights, invalid):
             array[..., : tile - done, :] = array[..., done:, :]
             array[..., tile - done :, :] = 0
         top = next_top
+
+
+def _target_window(
+    src: rasterio.DatasetReader,
+    window: Window | None,
+    bounds: Sequence[float] | None,
+    area: Any,
+) -> tuple[Window, np.ndarray | None]:
+    """The part of the scene to predict, as a window inside it, and the pixels ``[h, w]`` of it outside ``area``
+    (``None`` without an area): from a pixel ``window``, map ``bounds`` in the scene's CRS, or an ``area``."""
+    given = [name for name, value in (("window", window), ("bounds", bounds), ("area", area)) if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"give one of window=, bounds= and area=, not {' and '.join(given)}")
+    scene = Window(0, 0, src.width, src.height)
+    if not given:
+        return scene, None
+    geometry = None
+    if area is not None:
+        if isinstance(area, gpd.GeoDataFrame | gpd.GeoSeries):
+            if area.crs is None:
+                raise ValueError("area has no CRS; set it first, e.g. area.set_crs('EPSG:4326').")
+            if area.crs != src.crs:
+                print(f"predict_raster: reprojecting the area from {area.crs} to the scene's {src.crs}")
+                area = area.to_crs(src.crs)
+            geometry = area.geometry.union_all()
+        else:
+            geometry = area  # a shapely geometry, in the scene's CRS
+        if geometry.is_empty:
+            raise ValueError("area is empty: pass the polygon(s) to predict inside.")
+        bounds = geometry.bounds
+    if bounds is not None:
+        west, south, east, north = bounds
+        if not (west < east and south < north):
+            raise ValueError(f"bounds must be (west, south, east, north), west < east and south < north: {bounds}")
+        exact = from_bounds(west, south, east, north, src.transform)  # fractional pixels
+        col, row = math.floor(exact.col_off + 1e-6), math.floor(exact.row_off + 1e-6)  # 1e-6: rounding noise
+        end_col, end_row = math.ceil(exact.col_off + exact.width - 1e-6), math.ceil(exact.row_off + exact.height - 1e-6)
+        window = Window(col, row, end_col - col, end_row - row)
+    try:
+        target = window.intersection(scene)
+    except WindowError:
+        target = None
+    if target is None or target.width < 1 or target.height < 1:
+        extent = ", ".join(f"{v:.8g}" for v in src.bounds)
+        raise ValueError(
+            f"the {given[0]} {bounds if bounds is not None else window} does not overlap the scene {src.name} "
+            f"({src.width} x {src.height} px; bounds {extent} in {src.crs}): check its place and CRS."
+        )
+    target = Window(int(target.col_off), int(target.row_off), int(target.width), int(target.height))
+    outside = None
+    if geometry is not None:
+        outside = features.geometry_mask([geometry], (target.height, target.width), src.window_transform(target))
+    return target, outside
 
 
 def _check_model_takes(model: torch.nn.Module, tile: int, channels: int, stride: int, device: torch.device) -> None:
@@ -681,13 +745,23 @@ def _per_band(name: str, values: Sequence[float] | np.ndarray | None, default: f
 
 
 def _write_rows(
-    rows: Iterator[tuple[int, np.ndarray, np.ndarray]], path: Path, meta: Mapping[str, Any], output: str
+    rows: Iterator[tuple[int, np.ndarray, np.ndarray]],
+    path: Path,
+    meta: Mapping[str, Any],
+    output: str,
+    outside: np.ndarray | None,
 ) -> int:
-    """Write blended rows as labels or probabilities to a new GeoTIFF; returns the number of nodata pixels."""
+    """Write blended rows as labels or probabilities to a new GeoTIFF; returns the number of nodata pixels inside
+    the area (pixels ``outside`` it are written as nodata too, uncounted)."""
     dst = None
     invalid_count = 0
     try:
         for first_row, probabilities, invalid in rows:
+            if outside is not None:
+                invalid_count += int((invalid & ~outside[first_row : first_row + len(invalid)]).sum())
+                invalid = invalid | outside[first_row : first_row + len(invalid)]
+            else:
+                invalid_count += int(invalid.sum())
             classes = probabilities.shape[0]
             if dst is None:
                 if output == "labels" and classes > LABEL_NODATA:
@@ -701,7 +775,6 @@ def _write_rows(
             else:
                 values = np.where(invalid[None], np.float32(np.nan), probabilities)
             dst.write(values, window=Window(0, first_row, invalid.shape[1], invalid.shape[0]))
-            invalid_count += int(invalid.sum())
     finally:
         if dst is not None:
             dst.close()
@@ -723,8 +796,11 @@ def predict_raster(
     output: str = "labels",
     stride: int | None = None,
     in_channels: int | None = None,
+    window: Window | None = None,
+    bounds: Sequence[float] | None = None,
+    area: Any = None,
 ) -> Path:
-    """Run a segmentation model over a whole scene of any size and write a georeferenced GeoTIFF.
+    """Run a segmentation model over a whole scene of any size, or a part of it, and write a georeferenced GeoTIFF.
 
     The scene is read in overlapping ``tile`` x ``tile`` windows (reflect-padded beyond the scene's
     border, and up to one tile for small scenes), normalised with ``(x - mean) / std`` per band, and
@@ -740,6 +816,10 @@ def predict_raster(
     and its activations, never the whole scene. Finished rows are written as soon as no later strip
     overlaps them. The output is written to a temporary file and renamed at the end, so on error
     nothing is left at ``dst_path``.
+
+    A part: ``window``, ``bounds`` or ``area`` (one of them) predicts and writes only that part of the scene, with
+    the part's transform. The tiles are the whole scene's tiles that touch the part, read with their context
+    from the rest of the scene, so the part's prediction equals the same part of a whole-scene prediction.
 
     Args:
         model: returns logits ``[batch, classes, H, W]`` at the input's size (one channel: binary, sigmoid).
@@ -758,6 +838,11 @@ def predict_raster(
         stride: the model's total downsampling factor; ``tile`` must be a multiple of it. Default: the model's
             ``stride`` attribute (the course's U-Net has one), else 32 (a 5-level U-Net).
         in_channels: input channels the model expects; default: the first ``Conv2d``'s ``in_channels``.
+        window: a pixel window of the scene (``rasterio.windows.Window(col_off, row_off, width, height)``); the
+            part inside the scene is predicted.
+        bounds: ``(west, south, east, north)`` in the scene's CRS; the pixels they touch are predicted.
+        area: polygon(s) as a GeoDataFrame or GeoSeries in any CRS (reprojected to the scene's, with a message), or a
+            shapely geometry in the scene's CRS: their bounding box is written, pixels outside them as nodata.
 
     Returns:
         ``dst_path``.
@@ -766,7 +851,8 @@ def predict_raster(
         FileNotFoundError: if ``src_path`` does not exist.
         ValueError: for a band count the model does not take, a tile that is not a multiple of the
             stride or that the model fails on, ``mean``/``std`` of the wrong length, a bad
-            ``output``/``batch_size``/``overlap``, a scene without CRS, or ``dst_path`` naming the scene.
+            ``output``/``batch_size``/``overlap``, a scene without CRS, ``dst_path`` naming the scene, more than one
+            of ``window``/``bounds``/``area``, or a part that misses the scene.
         rasterio.errors.RasterioIOError: for a damaged or incomplete scene (the message names it).
     """
     src_path, dst_path = Path(src_path), Path(dst_path)
@@ -808,16 +894,17 @@ def predict_raster(
         if np.any(normalise[1] <= 0):
             raise ValueError(f"std must be > 0 for every band, got {normalise[1].tolist()}")
 
-        meta = {"driver": "GTiff", "height": src.height, "width": src.width, "crs": src.crs}
-        meta |= {"transform": src.transform, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+        target, outside = _target_window(src, window, bounds, area)
+        meta = {"driver": "GTiff", "height": target.height, "width": target.width, "crs": src.crs}
+        meta |= {"transform": src.window_transform(target), "compress": "deflate", "BIGTIFF": "IF_SAFER"}
         was_training = model.training
         model.to(device).eval()
         try:
             with torch.inference_mode():
                 _check_model_takes(model, tile, len(indexes), stride, device)
                 with atomic_path(dst_path) as tmp:
-                    rows = _blended_rows(model, src, indexes, tile, overlap, normalise, batch_size, device)
-                    invalid_count = _write_rows(rows, tmp, meta, output)
+                    rows = _blended_rows(model, src, indexes, tile, overlap, normalise, batch_size, device, target)
+                    invalid_count = _write_rows(rows, tmp, meta, output, outside)
         finally:
             model.train(was_training)
     if invalid_count:

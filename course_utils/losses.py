@@ -172,7 +172,7 @@ class CompoundLoss(nn.Module):
         return sum(w * loss(logits, target) for w, loss in zip(self.weights, self.losses, strict=True))
 
 
-def make_loss(name: str, weight: torch.Tensor | None = None) -> nn.Module:
+def make_loss(name: str, weight: torch.Tensor | None = None, ignore_index: int | None = None) -> nn.Module:
     """One of the course's loss recipes by name (see :data:`LOSS_NAMES`).
 
     Args:
@@ -180,15 +180,18 @@ def make_loss(name: str, weight: torch.Tensor | None = None) -> nn.Module:
             ``"ce_dice"`` weighted cross-entropy + Dice; ``"focal_tversky"`` focal loss + focal Tversky
             (``alpha=0.3, beta=0.7, gamma=0.75``).
         weight: per-class weights (from :func:`class_weights`); needed by all but ``"ce"``.
+        ignore_index: target value left out of every term (e.g. nodata, or pixels outside a scene's training part).
     """
     if name not in LOSS_NAMES:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
     if name != "ce" and weight is None:
         raise ValueError(f"loss {name!r} needs class weights: make_loss({name!r}, class_weights(masks, K))")
+    ignored = {} if ignore_index is None else {"ignore_index": ignore_index}
     if name == "ce":
-        return nn.CrossEntropyLoss()
+        return nn.CrossEntropyLoss(**ignored)
     if name == "weighted_ce":
-        return nn.CrossEntropyLoss(weight=weight)
+        return nn.CrossEntropyLoss(weight=weight, **ignored)
     if name == "ce_dice":
-        return CompoundLoss(nn.CrossEntropyLoss(weight=weight), DiceLoss())
-    return CompoundLoss(FocalLoss(gamma=2.0, weight=weight), TverskyLoss(alpha=0.3, beta=0.7, gamma=0.75))
+        return CompoundLoss(nn.CrossEntropyLoss(weight=weight, **ignored), DiceLoss(**ignored))
+    return CompoundLoss(FocalLoss(gamma=2.0, weight=weight, **ignored),
+                        TverskyLoss(alpha=0.3, beta=0.7, gamma=0.75, **ignored))  # fmt: skip

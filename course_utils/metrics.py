@@ -12,11 +12,20 @@ A class that never occurs and is never predicted has no defined IoU/F1: it is Na
 
 Calibration: :func:`calibration_bins` sums predictions per confidence bin (a reliability diagram) and
 :func:`expected_calibration_error` reads the expected calibration error off those sums.
+
+Objects: :func:`match_fields` scores field polygons as a field map is used, by fields found. A predicted field
+matches a reference field when their IoU (area of the intersection over area of the union) is at least 0.5; each
+field matches at most once. Precision is the share of predicted fields that match, recall the share of reference
+fields that do, F1 their harmonic mean.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import geopandas as gpd
 import numpy as np
+import shapely
 import torch
 
 
@@ -101,3 +110,82 @@ def expected_calibration_error(binned: np.ndarray) -> float:
     binned = np.asarray(binned, dtype=np.float64)
     count, confidence, correct = binned[:, 0], binned[:, 1], binned[:, 2]
     return float(np.abs(correct - confidence).sum() / max(count.sum(), 1))
+
+
+@dataclass(frozen=True)
+class FieldMatch:
+    """Reference and predicted fields matched one to one at an IoU threshold (:func:`match_fields`).
+
+    Attributes:
+        pairs: ``[matches, 2]`` row positions ``(reference, predicted)`` of the matched fields.
+        iou: the IoU of each matched pair.
+        n_reference, n_predicted: the number of fields on each side.
+    """
+
+    pairs: np.ndarray
+    iou: np.ndarray
+    n_reference: int
+    n_predicted: int
+
+    @property
+    def matched(self) -> int:
+        """Number of matched fields."""
+        return len(self.pairs)
+
+    @property
+    def precision(self) -> float:
+        """Share of predicted fields that match a reference field (0 when none were predicted)."""
+        return self.matched / self.n_predicted if self.n_predicted else 0.0
+
+    @property
+    def recall(self) -> float:
+        """Share of reference fields that a predicted field matches (0 when there are none)."""
+        return self.matched / self.n_reference if self.n_reference else 0.0
+
+    @property
+    def f1(self) -> float:
+        """Harmonic mean of precision and recall: ``2 matched / (reference + predicted)``."""
+        total = self.n_reference + self.n_predicted
+        return 2 * self.matched / total if total else 0.0
+
+
+def match_fields(
+    reference: gpd.GeoDataFrame | gpd.GeoSeries, predicted: gpd.GeoDataFrame | gpd.GeoSeries, threshold: float = 0.5
+) -> FieldMatch:
+    """Match predicted field polygons to reference ones: pairs with IoU >= ``threshold``, each field at most once.
+
+    Candidate pairs are those whose polygons intersect; they are taken greedily from the highest IoU down, so a
+    field that overlaps two others is matched with the better one. At ``threshold >= 0.5`` with fields that do not
+    overlap each other, a field can reach it with one other field only, and the matching is the unique one.
+    ``predicted`` is reprojected to ``reference``'s CRS (with a message) when they differ; areas are computed in the
+    local UTM zone when that CRS is geographic (degrees).
+
+    Raises:
+        ValueError: for a threshold outside (0, 1] or polygons without a CRS.
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    reference, predicted = gpd.GeoSeries(reference.geometry), gpd.GeoSeries(predicted.geometry)
+    if reference.crs is None or predicted.crs is None:
+        raise ValueError("both polygon layers need a CRS; set it with .set_crs('EPSG:...') first.")
+    if len(reference) and len(predicted) and predicted.crs != reference.crs:
+        print(f"match_fields: reprojecting {len(predicted)} predicted polygons from {predicted.crs} to {reference.crs}")
+        predicted = predicted.to_crs(reference.crs)
+    if reference.crs.is_geographic and len(reference):
+        metric = reference.estimate_utm_crs()
+        reference, predicted = reference.to_crs(metric), predicted.to_crs(metric)
+    left, right = shapely.STRtree(predicted.values).query(reference.values, predicate="intersects")
+    shared = shapely.area(shapely.intersection(reference.values[left], predicted.values[right]))
+    union = shapely.area(reference.values[left]) + shapely.area(predicted.values[right]) - shared
+    iou = np.divide(shared, union, out=np.zeros_like(shared), where=union > 0)
+    pairs, ious, used_left, used_right = [], [], set(), set()
+    for k in np.argsort(-iou, kind="stable"):
+        if iou[k] < threshold:
+            break
+        if left[k] not in used_left and right[k] not in used_right:
+            used_left.add(left[k])
+            used_right.add(right[k])
+            pairs.append((left[k], right[k]))
+            ious.append(iou[k])
+    return FieldMatch(np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(ious, dtype=np.float64),
+                      len(reference), len(predicted))  # fmt: skip

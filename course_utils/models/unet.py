@@ -216,6 +216,7 @@ def fit_segmentation(
     patience: int | None = None,
     hold: int = 0,
     min_delta: float = 0.0,
+    ignore_index: int | None = None,
 ) -> History:
     """Train a segmentation model with AdamW; keep the weights of the best validation mIoU.
 
@@ -225,6 +226,7 @@ def fit_segmentation(
     there for the last ``hold``; ``"plateau"`` multiplies it by 0.3 after two epochs in a row without a better
     validation mIoU. ``patience``: stop after that many epochs without a better one (``None``: run all ``epochs``);
     ``min_delta``: the smallest gain in validation mIoU that counts as better (:func:`course_utils.train.fit`).
+    ``ignore_index``: a mask value left out of the validation scores (give ``loss_fn`` the same).
     """
     release_memory()  # hand back what earlier work freed, before training's activations take their share
     draws = samples_per_epoch or len(train_set)
@@ -237,7 +239,7 @@ def fit_segmentation(
     history = fit(
         model, train_loader, val_loader, loss_fn=loss_fn.to(device), optimizer=optimizer, epochs=epochs,
         device=device, num_classes=num_classes, monitor="val_miou", scheduler=scheduler, patience=patience,
-        min_delta=min_delta, amp=device.type == "cuda", progress=progress,
+        min_delta=min_delta, amp=device.type == "cuda", progress=progress, ignore_index=ignore_index,
     )  # fmt: skip
     del optimizer, scheduler, train_loader, val_loader
     release_memory()  # the activations of training are garbage now
