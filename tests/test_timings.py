@@ -46,3 +46,9 @@ def test_check_passes_when_the_documents_hold_the_table_of_the_given_runs(tmp_pa
         p.stem for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))])  # fmt: skip
     current = all(expected in document.read_text() for document in timings.DOCUMENTS)
     assert (timings.main(["--lite", str(folder), "--check"]) == 0) is current
+
+
+def test_the_cores_a_run_used_stand_beside_its_minutes() -> None:
+    runs = {"lite": [record("00_welcome", 90, "cpu (2 threads)", cores_used=1.73)]}
+    row = timings.timings_table(runs, ["00_welcome"]).splitlines()[2]
+    assert "| 1.5 min, 1.7 cores (cpu (2 threads), seed 1) |" in row

@@ -6,10 +6,14 @@ Executed copies go to build/executed/ (git-ignored); each notebook runs with tha
 working directory, which also shows that no notebook depends on where it is started from.
 Each notebook records its headline numbers and claims in results/<notebook>.json; the table (with claims held
 per notebook) and every claim that did not hold are printed from there. COURSE_SEED (default 0) sets the seed.
+Each notebook's results file also gets what this run measured of it (:func:`record_usage`): wall seconds, CPU
+seconds of its kernel and every process the kernel waited for (workers), and their ratio, the cores it used.
 """
 
 from __future__ import annotations
 
+import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -19,6 +23,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from course_utils.config import course_seed, device_name, get_device, get_mode, repo_root, results_dir
+from course_utils.files import atomic_path
 from course_utils.report import claims_not_held, load_results, results_table
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -40,6 +45,27 @@ def run_notebook(path: Path) -> tuple[bool, float]:
     return ok, time.perf_counter() - started
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished children (a notebook's kernel and its workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def record_usage(notebook: str, since: float, wall_s: float, cpu_s: float) -> dict[str, float] | None:
+    """Add a run's wall and CPU seconds and ``cores_used`` (their ratio) to ``results/<notebook>.json``.
+
+    Only a file written since ``since`` (a ``time.time()``) is changed: it is this run's. Returns what was added.
+    """
+    path = results_dir() / f"{notebook}.json"
+    if not path.is_file() or path.stat().st_mtime < since:
+        return None
+    usage = {"wall_seconds": round(wall_s, 1), "cpu_seconds": round(cpu_s, 1), "cores_used": round(cpu_s / wall_s, 2)}
+    record = json.loads(path.read_text()) | usage
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+    return usage
+
+
 def main(names: list[str]) -> int:
     paths = [NOTEBOOKS / n for n in names] if names else sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     missing = [p for p in paths if not p.is_file()]
@@ -51,8 +77,11 @@ def main(names: list[str]) -> int:
     failed = []
     for path in paths:
         print(f"running {path.name} ...", flush=True)
+        since, cpu_before = time.time(), children_cpu_seconds()
         ok, seconds = run_notebook(path)
-        print(f"  {'done' if ok else 'FAILED'} in {seconds / 60:.1f} min -> {EXECUTED / path.name}")
+        usage = record_usage(path.stem, since, seconds, children_cpu_seconds() - cpu_before)
+        cores = f", {usage['cores_used']:.2f} cores used" if usage else ""
+        print(f"  {'done' if ok else 'FAILED'} in {seconds / 60:.1f} min{cores} -> {EXECUTED / path.name}")
         if not ok:
             failed.append(path.name)
     ran = {p.stem for p in paths}

@@ -4,9 +4,10 @@
 
 Each folder holds the ``results/<notebook>.json`` files of one run of every notebook (``make course`` writes
 them to ``results/``; copy the folder away between modes). Columns: minutes in ``smoke``, in ``lite`` on a
-2-core CPU and on Binder's one core, in ``full`` on a GPU, and peak memory. A run not given is "not
-measured". The table goes between the ``<!-- timings -->`` and ``<!-- /timings -->`` lines of both files;
-``--check`` only reports whether they are current.
+2-core CPU and on Binder's one core, in ``full`` on a GPU, and peak memory. Beside the minutes, the cores a
+notebook used on average (its kernel's and workers' CPU time over its wall time, as ``make course`` records
+it). A run not given is "not measured". The table goes between the ``<!-- timings -->`` and
+``<!-- /timings -->`` lines of both files; ``--check`` only reports whether they are current.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ HEADER = ("notebook", "smoke (2-core CPU)", "lite (2-core CPU)", "lite (Binder, 
 
 
 def _minutes(record: dict[str, Any] | None) -> str:
+    """Minutes, and the cores used (CPU over wall time) where ``make course`` recorded them."""
     if record is None:
         return "not measured"
-    return f"{record['seconds'] / 60:.1f} min ({record['device']}, seed {record.get('seed', 0)})"
+    cores = f", {record['cores_used']:.1f} cores" if "cores_used" in record else ""
+    return f"{record['seconds'] / 60:.1f} min{cores} ({record['device']}, seed {record.get('seed', 0)})"
 
 
 def _memory(record: dict[str, Any] | None, key: str) -> str:
