@@ -1,7 +1,17 @@
-"""Train the course's field U-Net from the command line, on one process or on many with DistributedDataParallel.
+"""Train the course's field U-Net from the command line: on the course's regions (on one process or on many with
+DistributedDataParallel), or on your own scene and field polygons.
 
     python -m course_utils.train_fields --region smallholder --epochs 5 --batch-size 8
     torchrun --nproc_per_node=4 -m course_utils.train_fields --region smallholder --epochs 40 --batch-size 64
+    python -m course_utils.train_fields --image SCENE.tif --fields FIELDS.gpkg [--bands red green blue nir]
+
+Your own scene (:func:`train_on_scene`): the scene is split into blocks for training, validation and test with a
+buffer between them (:class:`course_utils.data.scene.FieldScene`), the U-Net is trained with the course's recipe
+(:data:`course_utils.models.unet.FIELD_UNET_RECIPE` of the mode) into a checkpoint keyed by the recipe, the scene,
+the polygons, the bands and the split, and the test part scores it against the threshold rule and the pixel forest
+(:mod:`course_utils.baselines`), by pixels (edge F1, mean IoU, extent IoU) and by fields (matched at IoU >= 0.5:
+precision, recall, F1). The scene (or ``--predict OTHER.tif``) is then predicted and polygonised: the output
+folder gets ``prediction.tif``, ``fields.gpkg`` and ``scores.json``, all at once or, on an error, none of them.
 
 Data parallelism: every process holds a full copy of the model and computes on its own share of each global
 batch (a :class:`~torch.utils.data.distributed.DistributedSampler` deals the shuffled samples out; per-process
@@ -27,34 +37,45 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
 import numpy as np
 import torch
 import torchvision.transforms.v2 as T
+from rasterio.windows import Window
 from torch import nn
 from torch.distributed.nn.functional import all_reduce
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from course_utils.config import MODES, get_mode, seed_everything
-from course_utils.data.fields import BANDS, FieldChipDataset, ensure_fields
+from course_utils.baselines import PixelForest, choose_forest_depth, fit_threshold_rule
+from course_utils.config import MODES, by_mode, checkpoint_dir, get_device, get_mode, results_dir, seed_everything
+from course_utils.data.fields import BANDS, EDGE_PX, FieldChipDataset, ensure_fields
+from course_utils.data.scene import IGNORE, FieldScene, SceneCrops, SceneTiles, resolve_bands
 from course_utils.files import atomic_path, stop_cleanly_on_sigterm
-from course_utils.geo import read_raster
+from course_utils.geo import polygonize, predict_raster, read_raster
 from course_utils.losses import LOSS_NAMES, class_weights, make_loss
+from course_utils.metrics import confusion_matrix, match_fields
 from course_utils.models.unet import (
     CLASS_NAMES,
     FIELD_UNET_RECIPE,
     UNet,
+    class_miou,
+    edge_f1,
+    extent_iou,
     field_unet_path,
     field_unet_recipe,
+    fit_segmentation,
     segmentation_scheduler,
 )
-from course_utils.train import History, fit, loader_options, save_weights
+from course_utils.train import History, fit, load_or_train, loader_options, save_weights
 from course_utils.transforms import RandomCrop, RandomFlipRotate
 
 
@@ -148,6 +169,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--checkpoint", type=Path, help="resume file, written after every epoch")
     parser.add_argument("--out", type=Path, help="weights file (default: the notebooks' field U-Net checkpoint)")
+    own = parser.add_argument_group("your own scene (instead of --region; the U-Net trains on one process)")
+    own.add_argument("--image", type=Path, help="the scene: a GeoTIFF (any band count, any CRS)")
+    own.add_argument("--fields", type=Path, help="field polygons (GeoPackage, Shapefile, GeoParquet, ...; any CRS)")
+    own.add_argument("--bands", nargs="+", help="bands to use, by number (1-based) or name (default: all)")
+    own.add_argument("--band-names", nargs="+", help="a name for each of the file's bands (default: its descriptions)")
+    own.add_argument("--red", help="the red band's name, for NDVI in the baselines (default: a band named red)")
+    own.add_argument("--nir", help="the near-infrared band's name (default: a band named nir); none: no NDVI")
+    own.add_argument("--block", type=int, help="side of the split's blocks in px (default: 2 crops)")
+    own.add_argument("--buffer", type=int, help="px left out between training, validation and test (default: crop/4)")
+    own.add_argument("--area", type=Path, help="polygon(s) where the labels are complete (default: the fields' extent)")
+    own.add_argument("--predict", type=Path, help="scene to predict and polygonise (default: --image)")
+    own.add_argument("--out-dir", type=Path, help="output folder (default: results/train_fields/<scene name>)")
     return parser.parse_args(argv)
 
 
@@ -234,9 +267,243 @@ def train(args: argparse.Namespace) -> History:
     return history
 
 
+@dataclass
+class SceneResult:
+    """What :func:`train_on_scene` made: the trained model, the test scores per method and the output files."""
+
+    model: UNet
+    loaded: bool
+    scores: dict[str, dict[str, float]]
+    prediction: Path
+    fields: Path
+    scores_file: Path
+
+
+def _named_band(names: Sequence[str], wanted: str | None, role: str) -> int | None:
+    """Position of band ``wanted`` among ``names`` (default: a band named ``role``), ``None`` when there is none."""
+    lowered = [name.casefold() for name in names]
+    if wanted is None:
+        return lowered.index(role) if role in lowered else None
+    if wanted.casefold() not in lowered:
+        raise ValueError(f"--{role} {wanted!r} is not one of the bands used ({', '.join(names)}).")
+    return lowered.index(wanted.casefold())
+
+
+def _test_region(scene: FieldScene) -> gpd.GeoSeries:
+    """The test part of a scene as polygons in its CRS."""
+    part = polygonize(scene.mask("test").astype("uint8"), scene.profile["transform"], scene.profile["crs"],
+                      min_area_px=1)  # fmt: skip
+    return gpd.GeoSeries([part.geometry.union_all()], crs=scene.profile["crs"])
+
+
+def score_test_part(scene: FieldScene, predicted: np.ndarray, region: gpd.GeoSeries) -> dict[str, float]:
+    """Pixel and field scores of a predicted mask ``[H, W]`` of the whole scene on its test part.
+
+    Pixels: edge F1, mean IoU of the three classes, extent IoU. Fields: the predicted interiors polygonised (grown
+    by the edge width) and the reference polygons, both clipped to the test part, matched at IoU >= 0.5
+    (:func:`course_utils.metrics.match_fields`); pieces under 4 px are dropped.
+    """
+    truth = scene.part_labels("test")
+    cm = confusion_matrix(predicted, truth, 3, ignore_index=IGNORE)
+    transform, crs = scene.profile["transform"], scene.profile["crs"]
+    found = polygonize(np.where(truth != IGNORE, predicted, 0), transform, crs, field_values=(1,), grow_px=EDGE_PX)
+    smallest = 4 * abs(transform.a * transform.e)
+    clipped = [gpd.clip(layer.geometry, region).explode(ignore_index=True) for layer in (scene.fields, found)]
+    reference, found = (layer[layer.area >= smallest] for layer in clipped)
+    match = match_fields(reference, found)
+    return {"edge_f1": edge_f1(cm), "miou": class_miou(cm), "extent_iou": extent_iou(cm),
+            "field_precision": match.precision, "field_recall": match.recall, "field_f1": match.f1,
+            "reference_fields": match.n_reference, "predicted_fields": match.n_predicted}  # fmt: skip
+
+
+def predict_fields(
+    model: UNet,
+    image: str | os.PathLike,
+    folder: str | os.PathLike,
+    *,
+    bands: Sequence[int | str] | None = None,
+    band_names: Sequence[str] | None = None,
+    tile: int = 256,
+    window: Window | None = None,
+    bounds: Sequence[float] | None = None,
+    area: Any = None,
+) -> tuple[Path, Path]:
+    """Predict a scene (or a window, bounds or area of it) with a field U-Net and polygonise its fields.
+
+    Writes ``prediction.tif`` (labels, the scene's CRS and grid) and ``fields.gpkg`` (one polygon per predicted
+    field interior, grown by the edge width) into ``folder``; the inputs are normalised with ``model.stats``.
+
+    Raises:
+        ValueError: bands the model does not take (the message gives the counts), a part that misses the scene.
+    """
+    folder = Path(folder)
+    indexes, _ = resolve_bands(image, bands, band_names)
+    mean, std = model.stats
+    tile = max(model.stride, tile // model.stride * model.stride)
+    prediction = predict_raster(model, image, folder / "prediction.tif", tile=tile, overlap=tile // 8, bands=indexes,
+                                mean=mean, std=std, window=window, bounds=bounds, area=area)  # fmt: skip
+    labels, profile = read_raster(prediction)
+    fields = polygonize(labels[0], profile["transform"], profile["crs"], field_values=(1,), grow_px=EDGE_PX)
+    with atomic_path(folder / "fields.gpkg") as tmp:
+        fields.to_file(tmp, driver="GPKG", layer="fields")
+    return prediction, folder / "fields.gpkg"
+
+
+def train_on_scene(
+    image: str | os.PathLike,
+    fields: str | os.PathLike | gpd.GeoDataFrame,
+    *,
+    bands: Sequence[int | str] | None = None,
+    band_names: Sequence[str] | None = None,
+    red: str | None = None,
+    nir: str | None = None,
+    mode: str | None = None,
+    seed: int = 0,
+    loss: str = "ce_dice",
+    block: int | None = None,
+    buffer: int | None = None,
+    area: str | os.PathLike | gpd.GeoDataFrame | None = None,
+    predict: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    **recipe: Any,
+) -> SceneResult:
+    """Train the field U-Net on your own scene and polygons, score it against the baselines, polygonise its fields.
+
+    Args:
+        image, fields: the scene (any band count and CRS) and its field polygons (any CRS; reprojected).
+        bands, band_names: the bands to use and the names of the file's bands (:func:`resolve_bands`).
+        red, nir: names of the red and near-infrared bands, for NDVI in the baselines (default: bands named so).
+        mode: the recipe's mode (default ``COURSE_MODE``); ``recipe`` overrides its values (``epochs=2``, ...).
+        seed: the training seed (the split's seed is 0: the same split for every training seed).
+        loss: a :func:`course_utils.losses.make_loss` recipe.
+        block, buffer: the split's block side and buffer in px (default: 2 crops and a quarter crop).
+        area: where the labels are complete (default: the polygons' bounding box).
+        predict: the scene to predict and polygonise at the end (default: ``image``), with the same bands.
+        out_dir: where ``prediction.tif``, ``fields.gpkg`` and ``scores.json`` go (default:
+            ``results/train_fields/<scene name>``).
+        device: where to train and predict (default: :func:`course_utils.config.get_device`).
+        progress: show the training's progress bar.
+
+    Raises:
+        ValueError: polygons that miss the scene, too few fields for a split, a scene smaller than a block or a
+            crop, bands the model cannot take at prediction; nothing is written then.
+    """
+    mode = mode or get_mode()
+    device = get_device(None if device is None else str(device))
+    settings = field_unet_recipe("scene", mode, seed, loss, **recipe)
+    crop = settings["crop"]
+    image = Path(image)
+    print(f"[1/5] reading {image.name}, burning the field polygons, splitting into blocks")
+    scene = FieldScene(image, fields, bands=bands, band_names=band_names, block=block or 2 * crop,
+                       buffer=crop // 4 if buffer is None else buffer, area=area)  # fmt: skip
+    print(f"      bands {', '.join(scene.band_names)}; {len(scene.fields)} fields (train, val, test: "
+          f"{', '.join(map(str, scene.field_counts.values()))}); blocks of {scene.split.block} px, buffer "
+          f"{scene.split.buffer} px")  # fmt: skip
+    other = len(resolve_bands(predict, bands, band_names)[0]) if predict is not None else len(scene.indexes)
+    if other != len(scene.indexes):
+        raise ValueError(f"{Path(predict).name} gives {other} bands but the "
+                         f"model trains on {len(scene.indexes)} ({', '.join(scene.band_names)}): pick the same bands "
+                         "from it with bands=[...] (and band_names=[...] to name them).")  # fmt: skip
+    stats = scene.stats
+    train_set = SceneCrops([scene], crop, settings["samples_per_epoch"], stats=stats)
+    val_set = SceneTiles([scene], crop, "val", stats)
+    settings = field_unet_recipe("scene", mode, seed, loss, dataset=f"{image.stem}-{scene.key}", **recipe)
+    model = UNet(in_channels=len(scene.indexes), classes=len(CLASS_NAMES), width=settings["width"])
+    model.set_stats(stats)
+
+    def train_model(net: nn.Module) -> None:
+        seed_everything(seed)
+        labels = scene.part_labels("train")
+        fit_segmentation(
+            net, train_set, val_set, device=device, progress=progress, ignore_index=IGNORE,
+            loss_fn=make_loss(loss, class_weights(labels[labels != IGNORE], len(CLASS_NAMES)), ignore_index=IGNORE),
+            **{key: settings[key] for key in ("epochs", "batch_size", "lr", "samples_per_epoch", "schedule",
+                                              "patience", "hold", "min_delta")},
+        )  # fmt: skip
+        net.cpu()
+
+    print(f"[2/5] the U-Net ({mode} recipe: {settings['epochs']} epochs of {settings['samples_per_epoch']} crops "
+          f"of {crop} px)")  # fmt: skip
+    base = checkpoint_dir() / f"field_unet_{image.stem}_{mode}_seed{seed}.pt"
+    loaded = load_or_train(model, base, train_model, settings)
+    model.eval()
+
+    print("[3/5] the baselines, tuned on the validation part")
+    positions = scene.band_names
+    red_at, nir_at = _named_band(positions, red, "red"), _named_band(positions, nir, "nir")
+    if (red_at is None) != (nir_at is None):
+        red_at = nir_at = None
+    train_rows, train_cols = scene.part_bounds("train")
+    val_rows, val_cols = scene.part_bounds("val")
+    train_part = scene.image[None, :, train_rows, train_cols], scene.part_labels("train")[None, train_rows, train_cols]
+    val_part = scene.image[None, :, val_rows, val_cols], scene.part_labels("val")[None, val_rows, val_cols]
+    rule = fit_threshold_rule(*val_part, red=red_at, nir=nir_at, edge_px=EDGE_PX)
+    forest = PixelForest(trees=by_mode(mode, smoke=10, lite=40, full=100),
+                         pixels=by_mode(mode, smoke=5_000, lite=30_000, full=60_000), red=red_at, nir=nir_at,
+                         neighbourhood=2, seed=seed)  # fmt: skip
+    forest.depth, _ = choose_forest_depth(forest, by_mode(mode, smoke=(6, 12), lite=(8, 14, 20), full=(8, 14, 20)),
+                                          train_part, val_part)  # fmt: skip
+    forest.fit(*train_part)
+    score_name = "NDVI" if rule.band is None else f"band {positions[rule.band]}"
+    print(f"      threshold rule: {score_name} {'>' if rule.above else '<'} {rule.threshold:.4g}; forest depth "
+          f"{forest.depth}")  # fmt: skip
+
+    output = Path(out_dir) if out_dir is not None else results_dir() / "train_fields" / image.stem
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}-") as temporary:
+        staging = Path(temporary)
+        print("[4/5] predicting the scene and scoring the test part")
+        tile = by_mode(mode, smoke=128, lite=256, full=256)
+        own = predict_fields(model, image, staging / "own", bands=scene.indexes, tile=tile)
+        if predict is None:
+            prediction, polygons = own
+        else:  # the same bands, picked from the other scene by name or number as given
+            prediction, polygons = predict_fields(model, predict, staging, bands=bands, band_names=band_names,
+                                                  tile=tile)  # fmt: skip
+        test_rows, test_cols = scene.part_bounds("test")
+        methods = {"U-Net": read_raster(own[0])[0][0]}
+        for name, method in (("threshold rule", rule), ("pixel forest", forest)):
+            methods[name] = np.zeros(scene.labels.shape, np.uint8)
+            methods[name][test_rows, test_cols] = method.predict(scene.image[None, :, test_rows, test_cols])[0]
+        region = _test_region(scene)
+        scores = {name: score_test_part(scene, mask, region) for name, mask in methods.items()}
+        print("[5/5] writing the outputs")
+        record = {"scene": str(image), "bands": scene.band_names, "mode": mode, "seed": seed, "test": scores}
+        (staging / "scores.json").write_text(json.dumps(record, indent=1))
+        output.mkdir(parents=True, exist_ok=True)
+        for file in (prediction, polygons, staging / "scores.json"):
+            os.replace(file, output / file.name)
+    columns = ("edge_f1", "miou", "extent_iou", "field_precision", "field_recall", "field_f1")
+    print(f"\ntest part of {image.name} ({scene.field_counts['test']} fields):")
+    print(f"{'method':16s}" + "".join(f"{c:>17s}" for c in columns))
+    for name, values in scores.items():
+        print(f"{name:16s}" + "".join(f"{values[c]:17.3f}" for c in columns))
+    print(f"-> {output / 'prediction.tif'}, {output / 'fields.gpkg'}, {output / 'scores.json'}")
+    return SceneResult(model, loaded, scores, output / "prediction.tif", output / "fields.gpkg", output / "scores.json")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
-    train(parse_args(argv))
+    """Command-line entry point; with ``--image``, bad inputs end with a message (exit status 2), not a traceback."""
+    args = parse_args(argv)
+    if args.image is None:
+        if args.fields is not None:
+            raise SystemExit("--fields goes with --image (the scene the polygons are on).")
+        train(args)
+        return 0
+    if args.fields is None:
+        raise SystemExit("--image needs --fields: the field polygons to train on (e.g. --fields fields.gpkg).")
+    given = {key: value for key, value in vars(args).items() if value is not None}
+    recipe = {key: given[key] for key in FIELD_UNET_RECIPE["smoke"] if key in given}
+    try:
+        train_on_scene(args.image, args.fields, bands=args.bands, band_names=args.band_names, red=args.red,
+                       nir=args.nir, mode=args.mode, seed=args.seed, loss=args.loss, block=args.block,
+                       buffer=args.buffer, area=args.area, predict=args.predict, out_dir=args.out_dir,
+                       **recipe)  # fmt: skip
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
