@@ -2,8 +2,10 @@
 
 On the test split of one region, per-class IoU/F1 (0 non-field, 1 interior, 2 edge) and field-extent IoU of:
 
-(a) an NDVI threshold chosen on the training split (edges: the outer pixels of the thresholded fields),
-(b) a per-pixel random forest on the 4 bands + NDVI of sampled training pixels,
+(a) an NDVI threshold chosen on the training split by 3-class mean IoU (edges: the outer pixels of the thresholded
+    fields), :func:`course_utils.baselines.fit_threshold_rule`,
+(b) a per-pixel random forest on the 4 bands + NDVI of training pixels sampled evenly from the chips,
+    :class:`course_utils.baselines.PixelForest`,
 (c) the reference U-Net of notebook 02 (course_utils.models.unet, ~0.48 M parameters) trained on CPU
     with class-weighted cross-entropy,
 (d) that U-Net on the other region's test split, normalised with the training region's statistics,
@@ -19,12 +21,11 @@ import time
 
 import numpy as np
 import torch
-from scipy import ndimage
-from sklearn.ensemble import RandomForestClassifier
 from torch import nn
 
+from course_utils.baselines import PixelForest, fit_threshold_rule
 from course_utils.config import seed_everything
-from course_utils.data.fields import EDGE_PX, REGIONS, FieldChipDataset, ndvi
+from course_utils.data.fields import BANDS, EDGE_PX, REGIONS, FieldChipDataset
 from course_utils.geo import read_raster
 from course_utils.models.unet import UNet
 
@@ -49,38 +50,6 @@ def scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     field_true, field_predicted = truth > 0, predicted > 0
     result["IoU extent"] = (field_true & field_predicted).sum() / max((field_true | field_predicted).sum(), 1)
     return result
-
-
-def with_edges(extent: np.ndarray) -> np.ndarray:
-    """Three-class mask from a field-extent mask: field pixels within the edge width of non-field are edges."""
-    inner = ndimage.binary_erosion(extent, structure=np.ones((1, 2 * EDGE_PX + 1, 2 * EDGE_PX + 1)), border_value=1)
-    return np.where(extent, np.where(inner, 1, 2), 0)
-
-
-def ndvi_threshold(train: tuple[np.ndarray, np.ndarray], test_images: np.ndarray) -> np.ndarray:
-    """(a) Field where NDVI exceeds the threshold that maximises extent IoU on the training split."""
-    train_ndvi, train_field = ndvi(train[0]), train[1] > 0
-    candidates = np.linspace(-0.2, 0.9, 56)
-    ious = [(train_field & (train_ndvi > t)).sum() / (train_field | (train_ndvi > t)).sum() for t in candidates]
-    threshold = candidates[int(np.argmax(ious))]
-    print(f"NDVI threshold chosen on train: {threshold:.2f}")
-    return with_edges(ndvi(test_images) > threshold)
-
-
-def pixel_features(images: np.ndarray) -> np.ndarray:
-    """Per-pixel features ``[pixels, 5]``: the four bands and NDVI."""
-    stacked = np.concatenate([images / 10_000, ndvi(images)[:, None]], axis=1)
-    return stacked.transpose(0, 2, 3, 1).reshape(-1, stacked.shape[1])
-
-
-def pixel_forest(train: tuple[np.ndarray, np.ndarray], test_images: np.ndarray, seed: int) -> np.ndarray:
-    """(b) A random forest on 40 000 sampled training pixels, class-balanced."""
-    rng = np.random.default_rng(seed)
-    features, labels = pixel_features(train[0]), train[1].ravel()
-    sample = rng.choice(len(labels), size=40_000, replace=False)
-    forest = RandomForestClassifier(100, max_depth=14, class_weight="balanced", n_jobs=2, random_state=seed)
-    forest.fit(features[sample], labels[sample])
-    return forest.predict(pixel_features(test_images)).reshape(test_images.shape[0], *test_images.shape[2:])
 
 
 def train_unet(train: FieldChipDataset, epochs: int, seed: int, crop: int = 128) -> UNet:
@@ -143,8 +112,12 @@ def main() -> None:
     shifted = FieldChipDataset("test", other, args.mode, args.seed, stats=train.stats)
     train_raw, (test_images, test_truth) = raw_chips(train), raw_chips(test)
 
-    rows = {"(a) NDVI threshold": scores(ndvi_threshold(train_raw, test_images), test_truth)}
-    rows["(b) pixel random forest"] = scores(pixel_forest(train_raw, test_images, args.seed), test_truth)
+    red, nir = BANDS.index("red"), BANDS.index("nir")
+    rule = fit_threshold_rule(*train_raw, red=red, nir=nir, edge_px=EDGE_PX, thresholds=np.linspace(-0.2, 0.9, 56))
+    print(f"NDVI threshold chosen on train: {rule.threshold:.2f}")
+    rows = {"(a) NDVI threshold": scores(rule.predict(test_images), test_truth)}
+    forest = PixelForest(trees=100, depth=14, pixels=40_000, red=red, nir=nir, seed=args.seed, n_jobs=2)
+    rows["(b) pixel random forest"] = scores(forest.fit(*train_raw).predict(test_images), test_truth)
     started = time.perf_counter()
     model = train_unet(train, args.epochs, args.seed)
     print(f"U-Net trained in {time.perf_counter() - started:.0f} s ({args.epochs} epochs)")
