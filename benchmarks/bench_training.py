@@ -1,6 +1,7 @@
 """Training throughput of the course's U-Net loop against a naive loop, on the same data and model.
 
     python benchmarks/bench_training.py [--mode lite] [--epochs 3] [--samples-per-epoch 64]   (make bench)
+    python benchmarks/bench_training.py --loops course --threads 1     # then --threads 2: which is faster?
 
 Both loops train the field U-Net (:class:`course_utils.models.unet.UNet`, the mode's recipe) on the same random
 crops of the field chips (same seed, same draws) from the same initial weights, and validate after each epoch:
@@ -13,8 +14,10 @@ crops of the field chips (same seed, same draws) from the same initial weights, 
 It reports samples per second (training samples of an epoch / the epoch's seconds, validation included, the
 first epoch left out as warm-up), their ratio, and the share of the training phase spent waiting for the next
 batch (time inside ``next(loader)``; on a GPU an upper bound of its idle time). CPU seconds of the process and
-its worker processes are reported too, since a shared CPU makes wall time noisy. Results go to
-``benchmarks/results/training_<device>.json``.
+its worker processes are reported too, since a shared CPU makes wall time noisy. ``--threads`` sets PyTorch's
+intra-op threads (the default is what :func:`course_utils.config.setup_notebook` gives a notebook); comparing
+runs with 1 and 2 of them tells which suits the course's small models on this machine. Results go to
+``benchmarks/results/training_<device>[_<threads>threads].json``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from course_utils.config import device_name, get_device, get_mode, seed_everything
+from course_utils.config import default_torch_threads, device_name, get_device, get_mode, seed_everything
 from course_utils.metrics import confusion_matrix
 from course_utils.models.unet import CLASS_NAMES, FIELD_UNET_RECIPE, UNet, field_datasets
 from course_utils.train import fit, loader_options
@@ -147,31 +150,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per loop; the first is warm-up")
     parser.add_argument("--samples-per-epoch", type=int, help="training crops per epoch (default: the recipe's)")
     parser.add_argument("--region", default="smallholder")
+    parser.add_argument("--loops", nargs="+", default=["naive", "course"], choices=("naive", "course"))
+    parser.add_argument("--threads", type=int, help="PyTorch threads (default: what setup_notebook sets)")
     args = parser.parse_args(argv)
     args.mode = args.mode or get_mode()
     recipe = FIELD_UNET_RECIPE[args.mode]
     args.samples_per_epoch = args.samples_per_epoch or recipe["samples_per_epoch"]
     if args.epochs < 2 or args.samples_per_epoch < recipe["batch_size"]:
         parser.error("need --epochs >= 2 (the first is warm-up) and at least one batch per epoch")
+    torch.set_num_threads(args.threads or default_torch_threads())
     device = get_device()
     train_set, val_set, _ = field_datasets(args.region, args.mode, crop=recipe["crop"])
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     print(f"device {device_name(device)}, OMP_NUM_THREADS={threads}, {os.cpu_count()} cores, mode {args.mode}: "
           f"U-Net width {recipe['width']}, batch {recipe['batch_size']}, {recipe['crop']} px crops, "
           f"{args.samples_per_epoch} samples x {args.epochs} epochs per loop")  # fmt: skip
-    rows = [run(loop, args, device, train_set, val_set) for loop in ("naive", "course")]
+    rows = [run(loop, args, device, train_set, val_set) for loop in args.loops]
     for row in rows:
         print(f"{row['loop']:>6}: {row['samples_per_second']:8.2f} samples/s, waiting for data "
               f"{row['data_wait_share']:.1%} of the training phase, {row['workers']} workers, "
               f"{row['cpu_seconds']} CPU s, epochs {row['epoch_seconds']} s")  # fmt: skip
-    ratio = rows[1]["samples_per_second"] / rows[0]["samples_per_second"]
-    print(f"course loop / naive loop: {ratio:.2f}x samples per second")
     record = {"device": device_name(device), "torch": torch.__version__, "omp_num_threads": threads,
-              "cpus": os.cpu_count(), "mode": args.mode, "epochs": args.epochs,
-              "samples_per_epoch": args.samples_per_epoch, "measured": time.strftime("%Y-%m-%d %H:%M"),
-              "speedup": round(ratio, 3), "loops": rows}  # fmt: skip
+              "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "mode": args.mode,
+              "epochs": args.epochs, "samples_per_epoch": args.samples_per_epoch,
+              "measured": time.strftime("%Y-%m-%d %H:%M"), "loops": rows}  # fmt: skip
+    if len(rows) == 2:
+        record["speedup"] = round(rows[1]["samples_per_second"] / rows[0]["samples_per_second"], 3)
+        print(f"course loop / naive loop: {record['speedup']:.2f}x samples per second")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"training_{device.type}.json"
+    out = RESULTS / f"training_{device.type}{f'_{args.threads}threads' if args.threads else ''}.json"
     out.write_text(json.dumps(record, indent=1))
     print(f"-> {out}")
     return 0

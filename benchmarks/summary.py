@@ -15,12 +15,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def training_lines(record: dict) -> list[str]:
     """The throughput comparison of one ``training_*.json``."""
     lines = [f"**Training throughput**, field U-Net ({record['mode']} recipe), {record['device']}, "
-             f"OMP_NUM_THREADS={record['omp_num_threads']}, torch {record['torch']}, measured {record['measured']}:",
+             f"OMP_NUM_THREADS={record['omp_num_threads']}, {record.get('torch_threads', '?')} torch threads, "
+             f"torch {record['torch']}, measured {record['measured']}:",
              "", "| loop | samples/s | waiting for data | CPU s |", "| --- | ---: | ---: | ---: |"]  # fmt: skip
     for loop in record["loops"]:
         lines.append(f"| {loop['loop']} | {loop['samples_per_second']:.1f} | {loop['data_wait_share']:.0%} "
                      f"| {loop['cpu_seconds']} |")  # fmt: skip
-    return [*lines, "", f"The course loop trains {record['speedup']:.2f}x as many samples per second.", ""]
+    if "speedup" in record:
+        lines += ["", f"The course loop trains {record['speedup']:.2f}x as many samples per second."]
+    return [*lines, ""]
 
 
 def memory_lines(record: dict) -> list[str]:

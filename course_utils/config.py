@@ -202,6 +202,26 @@ def get_device(prefer: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+CPU_TORCH_THREADS = 1
+"""PyTorch's intra-op threads for a notebook on a CPU. The course's models are small (U-Nets of width 16 on
+128-pixel crops, small ViTs, per-parcel sequence models): on a 2-core machine shared with other work, one thread
+trained the lite field U-Net about four times as fast as two (``benchmarks/bench_training.py --threads``), and
+the other core is left to a DataLoader worker or to a second training run side by side
+(:func:`course_utils.parallel.run_side_by_side`). ``COURSE_TORCH_THREADS`` overrides it."""
+
+
+def default_torch_threads() -> int:
+    """PyTorch threads :func:`setup_notebook` sets on a CPU: ``COURSE_TORCH_THREADS``, else :data:`CPU_TORCH_THREADS`.
+
+    Raises:
+        ValueError: if ``COURSE_TORCH_THREADS`` is not a whole number >= 1.
+    """
+    value = os.environ.get("COURSE_TORCH_THREADS", "").strip() or str(CPU_TORCH_THREADS)
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"COURSE_TORCH_THREADS={value!r} is not a thread count; use a whole number >= 1.")
+    return int(value)
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and PyTorch (all devices).
 
@@ -260,6 +280,8 @@ class NotebookRun:
 def setup_notebook(notebook: str, seed: int | None = None, mode: str | None = None) -> NotebookRun:
     """Start a notebook: read the mode, choose the device, seed everything, print the set-up.
 
+    On a CPU it also sets PyTorch's threads to :func:`default_torch_threads`.
+
     Args:
         notebook: the notebook's file stem, e.g. ``"00_welcome"``; names its results file.
         seed: the seed for Python, NumPy and PyTorch; default :func:`course_seed` (``COURSE_SEED``). Derive
@@ -268,6 +290,8 @@ def setup_notebook(notebook: str, seed: int | None = None, mode: str | None = No
     """
     seed = course_seed() if seed is None else seed
     run = NotebookRun(notebook=notebook, mode=mode or get_mode(), device=get_device(), seed=seed)
+    if run.device.type == "cpu":
+        torch.set_num_threads(default_torch_threads())
     seed_everything(seed)
     versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
     print(f"{notebook}: mode={run.mode} device={device_name(run.device)} seed={seed}")

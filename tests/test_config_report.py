@@ -151,6 +151,32 @@ def test_save_results_writes_the_record(results_folder: Path) -> None:
     assert "99_test" in table and "IoU 0.50 vs 0.20 baseline" in table
 
 
+def test_load_results_skips_damaged_and_foreign_files_naming_each(
+    results_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = config.NotebookRun(notebook="00_good", mode="smoke", device=torch.device("cpu"), seed=0)
+    report.save_results(run, {"iou": 0.5}, headline="IoU 0.50 vs 0.20 baseline")
+    good = json.loads((results_folder / "00_good.json").read_text())
+    bad = {
+        "01_truncated": json.dumps(good | {"notebook": "01_truncated"})[:60],
+        "02_empty": "",
+        "03_list": "[1, 2]",
+        "04_copy": json.dumps(good),  # another notebook's record under this name
+        "05_no_seconds": json.dumps({k: v for k, v in good.items() if k != "seconds"} | {"notebook": "05_no_seconds"}),
+        "06_bad_claim": json.dumps(good | {"notebook": "06_bad_claim", "claims": [{"verdict": "holds"}]}),
+    }
+    for name, text in bad.items():
+        (results_folder / f"{name}.json").write_text(text)
+    (results_folder / "07_binary.json").write_bytes(b"\xff\xfe\x00garbage")
+    records = report.load_results()
+    assert [r["notebook"] for r in records] == ["00_good"]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == len(bad) + 1
+    for line, name in zip(err, [*bad, "07_binary"], strict=True):
+        assert line.startswith(f"results: skipped {results_folder / name}.json: ") and "again" in line
+    assert "IoU 0.50" in report.results_table(records)
+
+
 def test_save_results_rejects_bad_numbers(results_folder: Path) -> None:
     run = config.NotebookRun(notebook="99_test", mode="smoke", device=torch.device("cpu"), seed=0)
     with pytest.raises(ValueError, match="finite"):
@@ -237,3 +263,19 @@ def test_claims_are_saved_reported_and_counted(results_folder: Path, capsys: pyt
         report.save_results(run, {"x": 1}, "h", claims=[held, held])
     with pytest.raises(ValueError, match="finite"):
         report.make_claim("c", "x", float("nan"), (0, 1))
+
+
+def test_setup_notebook_sets_the_course_torch_threads_on_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    threads = torch.get_num_threads()
+    try:
+        config.setup_notebook("99_test", mode="smoke")
+        assert torch.get_num_threads() == config.CPU_TORCH_THREADS
+        monkeypatch.setenv("COURSE_TORCH_THREADS", "2")
+        config.setup_notebook("99_test", mode="smoke")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setenv("COURSE_TORCH_THREADS", "0")
+    with pytest.raises(ValueError, match="COURSE_TORCH_THREADS='0'"):
+        config.default_torch_threads()
