@@ -46,6 +46,7 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import rasterio
 import torch
 import torchvision.transforms.v2 as T
 from rasterio.windows import Window
@@ -395,6 +396,12 @@ def train_on_scene(
     settings = field_unet_recipe("scene", mode, seed, loss, **recipe)
     crop = settings["crop"]
     image = Path(image)
+    if not image.is_file():
+        raise FileNotFoundError(f"no scene at {image}; check the path (relative paths start at {Path.cwd()}).")
+    with rasterio.open(image) as src:
+        if min(src.height, src.width) < crop:
+            raise ValueError(f"{image.name} is {src.height} x {src.width} px, smaller than one {crop} px tile: "
+                             "use a smaller --crop (a multiple of 8), or a larger scene.")  # fmt: skip
     print(f"[1/5] reading {image.name}, burning the field polygons, splitting into blocks")
     scene = FieldScene(image, fields, bands=bands, band_names=band_names, block=block or 2 * crop,
                        buffer=crop // 4 if buffer is None else buffer, area=area)  # fmt: skip

@@ -214,6 +214,11 @@ class FieldScene:
         if block > min(height, width):
             raise ValueError(f"{self.path.name} is {height} x {width} px, smaller than one block of {block} px: use "
                              "smaller blocks (block=), or a larger scene.")  # fmt: skip
+        if len(self.fields) < 3 * min_fields:
+            raise ValueError(
+                f"too few fields for a split: {len(self.fields)} polygons overlap {self.path.name}; training,"
+                f" validation and test need at least {min_fields} each ({3 * min_fields} in all). Label more fields."
+            )
         labelled = self._labelled_area(area, polygons, height, width)
         self.valid = ~nodata_mask(self.image, self.profile)
         self.labels = np.where(labelled & self.valid, labels, IGNORE).astype(np.uint8)
