@@ -6,15 +6,20 @@ pixel blocks; and seeds, where there are several): the effect, a 95 % paired-boo
 verdict, *holds* (the interval lies above zero), *reversed* (below zero) or *inconclusive* (it contains
 zero). The sentence that interprets a result is printed from the verdict (:meth:`Claim.report`), so the
 notebook never says more than its numbers. :func:`save_results` writes the claims with the metrics.
+
+:func:`load_results` is the one reader of results files (``make course``, ``tools/timings.py``, ``make book``):
+a file that is truncated, damaged or not a results file is skipped with a line naming it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,9 @@ def peak_ram_mib() -> int | None:
 
 
 VERDICTS = ("holds", "reversed", "inconclusive")
+RUN_ID_VARIABLE = "COURSE_RUN_ID"
+"""Set by ``make course`` (tools/run_course.py) for the kernels it starts; :func:`save_results` records it as
+``run_id``, so the course table tells this run's results from a file an earlier run left."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,8 @@ def save_results(
         "metrics": clean,
         "claims": [asdict(claim) | {"ci": list(claim.ci)} for claim in claims],
         "peak_ram_mib": peak_ram_mib(),
+        "run_id": os.environ.get(RUN_ID_VARIABLE),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         record["gpu_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
@@ -203,20 +213,86 @@ def save_results(
     return target
 
 
+#: Fields every results record has (every version of :func:`save_results` wrote them), with their types.
+_RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "notebook": str, "mode": str, "device": str, "seconds": (int, float), "headline": str,
+}  # fmt: skip
+#: Fields a record may have (older ones lack some); when present they have these types (``None`` allowed).
+_OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "metrics": dict, "claims": list, "seed": int, "peak_ram_mib": (int, float), "gpu_peak_mib": (int, float),
+    "cores_used": (int, float), "run_id": str, "finished": str,
+}  # fmt: skip
+
+
+def _record_problem(record: Any, notebook: str) -> str | None:
+    """What makes ``record`` (read from ``<notebook>.json``) not a results record, or ``None`` when it is one."""
+    if not isinstance(record, dict):
+        return f"it holds a JSON {type(record).__name__}, not a record"
+    for name, kind in _RECORD_FIELDS.items():
+        if not isinstance(record.get(name), kind):
+            return f"its {name!r} is missing or not a {getattr(kind, '__name__', 'number')}"
+    for name, kind in _OPTIONAL_FIELDS.items():
+        if record.get(name) is not None and not isinstance(record[name], kind):
+            return f"its {name!r} is not a {getattr(kind, '__name__', 'number')}"
+    if record["notebook"] != notebook:
+        return f"it records notebook {record['notebook']!r}, not {notebook!r}"
+    for claim in record.get("claims") or []:
+        ci = claim.get("ci") if isinstance(claim, dict) else None
+        if not (isinstance(ci, list) and len(ci) == 2 and all(isinstance(v, int | float) for v in ci)
+                and isinstance(claim.get("effect"), int | float) and isinstance(claim.get("statement"), str)
+                and claim.get("verdict") in VERDICTS):  # fmt: skip
+            return f"a claim is not {{statement, effect, ci: [low, high], verdict}}: {str(claim)[:80]}"
+    return None
+
+
+def read_results_file(path: Path) -> dict[str, Any]:
+    """One ``results/<notebook>.json``, checked to be a whole results record.
+
+    Raises:
+        ValueError: for a file that cannot be read, is not JSON (truncated, damaged) or is not a results record,
+            saying what is wrong and what to do.
+    """
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"unreadable or truncated ({error}): run notebook {path.stem} again to rewrite it, "
+                         "or delete the file") from error  # fmt: skip
+    problem = _record_problem(record, path.stem)
+    if problem is not None:
+        raise ValueError(f"not a results file of this course ({problem}): move it out of {path.parent}, "
+                         f"or run notebook {path.stem} again to rewrite it")  # fmt: skip
+    return record
+
+
 def load_results(folder: Path | None = None) -> list[dict[str, Any]]:
-    """All results files in ``folder`` (default: the results folder), sorted by notebook name."""
+    """The results records in ``folder`` (default: the results folder), sorted by notebook name.
+
+    A file that is not a whole results record (:func:`read_results_file`) is skipped, with a line on stderr
+    that names it and says why; the other records are kept.
+    """
     folder = folder or results_dir()
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    records = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            records.append(read_results_file(path))
+        except ValueError as error:
+            print(f"results: skipped {path}: {error}", file=sys.stderr)
+    return records
 
 
-def results_table(records: list[dict[str, Any]]) -> str:
-    """A plain-text table: notebook, mode, device, seed, minutes, headline result, claims held."""
+def results_table(records: list[dict[str, Any]], missing: Mapping[str, str] | None = None) -> str:
+    """A plain-text table: notebook, mode, device, seed, minutes, claims held, headline result.
+
+    ``missing``: notebooks without a record to show, each with what to say instead (``"FAILED"``); they get a
+    row with that in the headline column and no numbers. Rows are sorted by notebook.
+    """
     header = ("notebook", "mode", "device", "seed", "minutes", "claims held", "headline result")
-    rows = []
+    rows = [(name, "-", "-", "-", "-", "-", text) for name, text in (missing or {}).items()]
     for r in records:
         held, total = claims_held(r.get("claims", []))
         rows.append((r["notebook"], r["mode"], r["device"], str(r.get("seed", "")), f"{r['seconds'] / 60:.1f}",
                      f"{held}/{total}" if total else "none", r["headline"]))  # fmt: skip
+    rows.sort(key=lambda row: row[0])
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]

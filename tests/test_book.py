@@ -304,3 +304,17 @@ def test_site_in_headless_chromium(site: Path, server: str, browser: DevTools, t
                 assert parts.scheme == "https" and parts.hostname in EXTERNAL_HOSTS, f"{page} links to {href}"
         if page in ("00_demo.html", "01_next.html"):  # previous/next navigation
             assert server + ("01_next.html" if page == "00_demo.html" else "00_demo.html") in report["links"]
+
+
+def test_a_truncated_results_file_is_skipped_with_a_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mathjax = tmp_path / "es5"
+    mathjax.mkdir()
+    (mathjax / book.MATHJAX_SCRIPT).write_text("// a stand-in: this test reads the index, not the math")
+    monkeypatch.setenv("MATHJAX_DIR", str(mathjax))
+    course = tiny_course(tmp_path / "course")
+    (course["results"] / "01_next.json").write_text('{"notebook": "01_next", "mode": "li')  # an interrupted copy
+    index = book.build(tmp_path / "book", **course).read_text(encoding="utf-8")
+    assert "A 0.9 vs B 0.8" in index  # the good record is kept
+    assert f"skipped {course['results'] / '01_next.json'}: unreadable or truncated" in capsys.readouterr().err

@@ -15,7 +15,8 @@ spec.loader.exec_module(timings)
 
 
 def record(notebook: str, seconds: float, device: str, **extra: object) -> dict[str, object]:
-    return {"notebook": notebook, "seconds": seconds, "device": device, "seed": 1, **extra}
+    return {"notebook": notebook, "mode": "lite", "seconds": seconds, "device": device, "seed": 1, "headline": "x",
+            **extra}  # fmt: skip
 
 
 def test_the_table_shows_what_was_measured_and_says_what_was_not() -> None:
@@ -52,3 +53,18 @@ def test_the_cores_a_run_used_stand_beside_its_minutes() -> None:
     runs = {"lite": [record("00_welcome", 90, "cpu (2 threads)", cores_used=1.73)]}
     row = timings.timings_table(runs, ["00_welcome"]).splitlines()[2]
     assert "| 1.5 min, 1.7 cores (cpu (2 threads), seed 1) |" in row
+
+
+def test_a_truncated_or_foreign_results_file_is_skipped_with_a_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "lite"
+    folder.mkdir()
+    (folder / "00_welcome.json").write_text(json.dumps(record("00_welcome", 60, "cpu (2 threads)")))
+    (folder / "01_mlp_basics.json").write_text(json.dumps(record("01_mlp_basics", 60, "cpu"))[:40])  # truncated
+    (folder / "notes.json").write_text(json.dumps(["not", "a", "record"]))  # foreign
+    timings.main(["--lite", str(folder), "--check"])
+    err = capsys.readouterr().err
+    assert f"skipped {folder / '01_mlp_basics.json'}: unreadable or truncated" in err
+    assert f"skipped {folder / 'notes.json'}: not a results file" in err
+    assert [r["notebook"] for r in timings.load_results(folder)] == ["00_welcome"]
