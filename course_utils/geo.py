@@ -34,7 +34,6 @@ from pyogrio.errors import DataSourceError
 from rasterio import features
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioIOError, WindowError
-from rasterio.transform import array_bounds
 from rasterio.warp import reproject
 from rasterio.windows import Window, from_bounds
 from scipy import ndimage
@@ -389,6 +388,13 @@ def _polygon_parts(geometry: shapely.Geometry) -> MultiPolygon:
     return MultiPolygon(polygons)
 
 
+def grid_bounds(height: int, width: int, transform: rasterio.Affine) -> tuple[float, float, float, float]:
+    """``(west, south, east, north)`` of a ``height`` x ``width`` grid, whatever the transform's signs (a south-up
+    grid has a positive ``e``) or rotation: the extremes of its four corners."""
+    xs, ys = transform @ (np.array([0, width, 0, width]), np.array([0, 0, height, height]))
+    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+
+
 def rasterize_fields(
     fields: str | os.PathLike | gpd.GeoDataFrame, profile: Mapping[str, Any], boundary_px: int = 2
 ) -> np.ndarray:
@@ -413,9 +419,11 @@ def rasterize_fields(
     """
     if boundary_px < 0:
         raise ValueError(f"boundary_px must be >= 0, got {boundary_px}")
+    source = "the GeoDataFrame" if isinstance(fields, gpd.GeoDataFrame) else str(fields)
     fields = read_fields(fields)
     if len(fields) == 0:
-        raise ValueError("the polygon layer is empty: there is nothing to rasterise (check the file or the filter).")
+        raise ValueError(f"the polygon layer of {source} is empty: there is nothing to rasterise (check the file, "
+                         "its layer or the filter that made it).")  # fmt: skip
     if profile.get("crs") is None:
         raise ValueError("the raster profile has no CRS; the polygons cannot be placed on it.")
     source_crs, source_bounds = fields.crs.to_string(), fields.total_bounds
@@ -430,7 +438,7 @@ def rasterize_fields(
         fill=0,
         dtype="int32",
     )
-    raster_bounds = array_bounds(height, width, profile["transform"])
+    raster_bounds = grid_bounds(height, width, profile["transform"])
     if not field_ids.any() and not fields.intersects(box(*raster_bounds)).any():
         extent, raster = (", ".join(f"{v:.8g}" for v in bounds) for bounds in (source_bounds, raster_bounds))
         raise ValueError(
@@ -559,10 +567,51 @@ def _check_overlap(tile: int, overlap: int) -> None:
         )
 
 
-def _model_in_channels(model: torch.nn.Module) -> int | None:
-    """Input channels of the model's first 2-D convolution, or ``None`` when it has none."""
-    first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
-    return None if first_conv is None else first_conv.in_channels
+class _FirstLayerReached(Exception):
+    """Ends :func:`model_input_bands`'s trial forward at the first layer that declares its input width."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(width)
+        self.width = width
+
+
+def model_input_bands(model: torch.nn.Module, bands: int, size: int = 32) -> int | None:
+    """The number of input bands ``model`` takes: what it declares, else what its first layer takes.
+
+    The model's own ``in_channels`` attribute (the course's models set one) answers first. Otherwise a trial forward
+    on zeros ``[1, bands, size, size]`` stops at the first layer called (not the first registered: a head may be
+    registered before the encoder) that declares ``in_channels``, ``in_features`` or ``num_features``, so no real
+    work is done; a per-pixel model's first ``Linear`` counts too.
+
+    Returns:
+        The input width, or ``None`` when the model declares none and fails before any such layer.
+    """
+    declared = getattr(model, "in_channels", None)
+    if isinstance(declared, int):
+        return declared
+
+    def first_layer(module: torch.nn.Module, inputs: tuple[Any, ...]) -> None:
+        for name in ("in_channels", "in_features", "num_features"):
+            if isinstance(width := getattr(module, name, None), int):
+                raise _FirstLayerReached(width)
+
+    parameter = next(model.parameters(), None)
+    x = torch.zeros(1, bands, size, size, device=parameter.device if parameter is not None else "cpu")
+    hooks = [m.register_forward_pre_hook(first_layer) for m in model.modules() if m is not model]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    except _FirstLayerReached as reached:
+        return reached.width
+    except (RuntimeError, ValueError, IndexError):
+        return None
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return None
 
 
 def _taper(tile: int, overlap: int) -> np.ndarray:
@@ -723,7 +772,8 @@ def _check_model_takes(model: torch.nn.Module, tile: int, channels: int, stride:
         logits = model(x)
     except (RuntimeError, ValueError) as err:
         raise ValueError(
-            f"the model fails on a {tile} x {tile} px tile ({err}). If it downsamples by more than stride={stride} "
+            f"the model fails on a {tile} x {tile} px tile of {channels} bands ({err}). If it takes other bands, "
+            f"select them with bands=[...]; if it downsamples by more than stride={stride} "
             "(e.g. a U-Net with more levels), pass its total downsampling as stride= and a tile that is a multiple "
             "of it (tile=256 works for strides 1, 2, 4, ..., 256)."
         ) from err
@@ -837,7 +887,7 @@ def predict_raster(
             class, nodata NaN).
         stride: the model's total downsampling factor; ``tile`` must be a multiple of it. Default: the model's
             ``stride`` attribute (the course's U-Net has one), else 32 (a 5-level U-Net).
-        in_channels: input channels the model expects; default: the first ``Conv2d``'s ``in_channels``.
+        in_channels: input bands the model expects; default: :func:`model_input_bands`.
         window: a pixel window of the scene (``rasterio.windows.Window(col_off, row_off, width, height)``); the
             part inside the scene is predicted.
         bounds: ``(west, south, east, north)`` in the scene's CRS; the pixels they touch are predicted.
@@ -884,7 +934,7 @@ def predict_raster(
                 "or run the model on the array directly."
             )
         indexes = _band_indexes(src, bands)
-        expected = in_channels if in_channels is not None else _model_in_channels(model)
+        expected = in_channels if in_channels is not None else model_input_bands(model, len(indexes))
         if expected is not None and expected != len(indexes):
             raise ValueError(
                 f"the model expects {expected} input bands but {len(indexes)} were selected from {src_path.name} "

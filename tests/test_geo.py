@@ -13,7 +13,7 @@ import pytest
 import rasterio
 import torch
 from rasterio.enums import Resampling
-from rasterio.transform import from_origin
+from rasterio.transform import Affine, from_origin
 from scipy import ndimage
 from shapely.geometry import GeometryCollection, LineString, MultiPolygon, Point, Polygon, box
 
@@ -107,6 +107,14 @@ def test_rasterize_rejects_empty_layers_and_missing_crs() -> None:
         geo.rasterize_fields(layer(pixel_box(0, 0, 2, 2)), grid_profile(5, 5, crs=None))
 
 
+@pytest.mark.parametrize("suffix", [".gpkg", ".geojson", ".shp"])
+def test_an_empty_vector_file_is_named(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"my fields{suffix}"
+    layer().iloc[:0].to_file(path)
+    with pytest.raises(ValueError, match=f"the polygon layer of {re.escape(str(path))} is empty"):
+        geo.rasterize_fields(path, grid_profile(5, 5))
+
+
 def test_read_fields_drops_empty_geometries_with_a_warning(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no vector file"):
         geo.read_fields(tmp_path / "missing.gpkg")
@@ -120,6 +128,9 @@ def test_rasterize_refuses_polygons_that_miss_the_raster() -> None:
     both_extents = r"overlaps the raster.*\(10, 56, 10.01, 56.01\) in EPSG:4326.*\(500000, 5299800, 500200, 5300000\)"
     with pytest.raises(ValueError, match=rf"none of the 1 polygons {both_extents} .* in EPSG:32633"):
         geo.rasterize_fields(danish, grid_profile(20, 20))
+    south_up = grid_profile(20, 20) | {"transform": Affine(PIXEL, 0, ORIGIN[0], 0, PIXEL, ORIGIN[1] - 200)}
+    with pytest.raises(ValueError, match=r"the raster spans \(500000, 5299800, 500200, 5300000\) \(west, south,"):
+        geo.rasterize_fields(danish, south_up)  # the same extent: south below north whatever the transform's sign
     partly_inside = layer(pixel_box(-5, -5, 7, 7))
     assert (geo.rasterize_fields(partly_inside, grid_profile(20, 20), boundary_px=0) > 0).sum() == 4
     sliver = layer(box(ORIGIN[0] + 1, ORIGIN[1] - 4, ORIGIN[0] + 3, ORIGIN[1] - 1))  # inside, but no pixel centre
@@ -470,6 +481,32 @@ def test_predict_raster_rejects_bad_input(scene: tuple[Path, np.ndarray], tmp_pa
     with pytest.raises(FileNotFoundError):
         geo.predict_raster(threshold_model(), tmp_path / "missing.tif", dst)
     assert not dst.exists()
+
+
+class HeadFirst(torch.nn.Module):
+    """A per-pixel model over 2 bands whose 16-wide head is registered before its 2-wide input layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(16, 2)
+        self.encoder = torch.nn.Linear(2, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = x.permute(0, 2, 3, 1)  # [B, H, W, bands]
+        return self.head(torch.relu(self.encoder(pixels))).permute(0, 3, 1, 2)
+
+
+def test_predict_raster_takes_the_band_count_from_the_layer_that_reads_the_input(
+    scene: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    path, _ = scene
+    model = HeadFirst()
+    assert geo.model_input_bands(model, bands=2) == 2 and geo.model_input_bands(model, bands=5) == 2
+    assert geo.model_input_bands(UNet(in_channels=3), bands=4) == 3  # declared by the course's U-Net
+    geo.predict_raster(model, path, tmp_path / "out.tif", tile=64, overlap=8, stride=1)  # not refused as 16 bands
+    with pytest.raises(ValueError, match=r"the model expects 2 input bands but 1 were selected .* bands=") as error:
+        geo.predict_raster(model, path, tmp_path / "one.tif", tile=64, overlap=8, stride=1, bands=[1])
+    assert "stride" not in str(error.value)
 
 
 def test_predict_raster_refuses_to_overwrite_its_source(

@@ -96,7 +96,7 @@ class UNet(nn.Module):
         if depth < 1 or width < 1:
             raise ValueError(f"depth and width must be >= 1, got depth={depth}, width={width}")
         channels = [width * 2**level for level in range(depth + 1)]
-        self.depth = depth
+        self.in_channels, self.depth = in_channels, depth  # predict_raster reads the input width from in_channels
         self.encoder = nn.ModuleList(
             conv_block(in_channels if level == 0 else channels[level - 1], channels[level]) for level in range(depth)
         )
