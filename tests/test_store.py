@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -157,6 +158,40 @@ def test_the_data_modules_import_and_lock_without_fcntl(tmp_path: Path) -> None:
     assert (tmp_path / "toy-smoke-seed7" / "catalog.csv").is_file()
 
 
+def test_a_damaged_dataset_is_generated_again(course_data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    calls = []
+
+    def generate(folder: Path, mode: str, seed: int) -> None:
+        calls.append(folder)
+        write_catalog(folder, mode, seed)
+        (folder / "images").mkdir()
+        (folder / "images" / "a.tif").write_bytes(b"x" * 1000)
+
+    folder = ensure_generated("damaged", "smoke", 0, generate)
+    damages = {
+        "images/a.tif has 10 bytes, not the 1000": lambda: (folder / "images" / "a.tif").write_bytes(b"x" * 10),
+        "images/a.tif is missing": lambda: (folder / "images" / "a.tif").unlink(),
+        "catalog.csv has 0 bytes": lambda: (folder / "catalog.csv").write_text(""),
+        "catalog.csv does not read as a table": lambda: (folder / "catalog.csv").write_bytes(
+            b'"' + b"\x00" * ((folder / "catalog.csv").stat().st_size - 1)),
+    }  # fmt: skip
+    for count, (why, damage) in enumerate(damages.items(), start=2):
+        damage()
+        assert ensure_generated("damaged", "smoke", 0, generate) == folder
+        assert len(calls) == count, why
+        assert f"the cached damaged data in {folder} is damaged ({why}" in capsys.readouterr().out
+        assert (folder / "images" / "a.tif").stat().st_size == 1000 and len(read_catalog(folder)) == 2
+    assert ensure_generated("damaged", "smoke", 0, generate) == folder and len(calls) == len(damages) + 1
+
+
+@pytest.mark.parametrize("text", ["", 'id,split\n"a,train\n', "\x00\xff\xfe"])
+def test_an_empty_or_garbled_catalog_is_named_with_the_command_that_repairs_it(tmp_path: Path, text: str) -> None:
+    (tmp_path / "catalog.csv").write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"the catalog {re.escape(str(tmp_path / 'catalog.csv'))} is empty or "
+                                         r"damaged .*`make data`"):  # fmt: skip
+        read_catalog(tmp_path)
+
+
 def test_read_catalog_filters_and_explains(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not generated"):
         read_catalog(tmp_path)
@@ -215,7 +250,9 @@ def test_sigterm_during_generation_leaves_no_partial_folder_and_no_worker(tmp_pa
     time.sleep(0.3)  # past the forks: a signal during os.fork's callbacks is "ignored" by Python, Ctrl-C as well
     children = psutil.Process(generator.pid).children(recursive=True)
     generator.terminate()  # SIGTERM, as a closed laptop's session or a job scheduler sends
-    assert generator.wait(timeout=60) != 0 and "KeyboardInterrupt" in generator.stderr.read()
+    assert generator.wait(timeout=60) == 130
+    err = generator.stderr.read()
+    assert "make data: interrupted while generating" in err and "Traceback" not in err, err
     assert not list(tmp_path.glob(".partial-*"))
     gone, alive = psutil.wait_procs(children, timeout=15)
     assert not alive

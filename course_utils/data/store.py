@@ -2,7 +2,9 @@
 
 A generator writes into a temporary folder beside its target; only when it returns is the folder
 renamed into place. An interrupted generator leaves no half-written dataset behind: the next call
-removes the leftover temporary folder and starts again.
+removes the leftover temporary folder and starts again. Each dataset records the size of every file it
+was written with (``manifest.json``); a dataset with a file missing or of another size (a truncated copy,
+an emptied catalog) is generated again when it is next asked for (:func:`dataset_damage`).
 
 Writers of the cache (generators here, downloads in :mod:`course_utils.data.download`) hold a
 :func:`target_lock` on their target, so parallel processes write it once; and they run inside
@@ -12,6 +14,7 @@ Writers of the cache (generators here, downloads in :mod:`course_utils.data.down
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import socket
@@ -31,6 +34,7 @@ from filelock import FileLock, Timeout
 from course_utils.config import MODES, data_dir
 
 CATALOG = "catalog.csv"
+MANIFEST = "manifest.json"
 _TMP_MARK = ".partial-"
 LOCK_WAIT_S = 3600.0
 """How long a writer waits for another process writing the same target before it gives up."""
@@ -138,6 +142,40 @@ def target_lock(target: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
         lock.release()
 
 
+def dataset_damage(folder: Path) -> str | None:
+    """What makes a generated dataset unusable, or ``None`` when every file it was written with is there at its size
+    and its catalog reads.
+
+    The sizes come from the folder's ``manifest.json``, written when the dataset was generated.
+    """
+    if not folder.is_dir():
+        return "it is not generated"
+    try:
+        sizes = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return f"its list of files, {MANIFEST}, is missing or unreadable"
+    if not isinstance(sizes, dict) or CATALOG not in sizes:
+        return f"its list of files, {MANIFEST}, is not one"
+    for name, size in sizes.items():
+        try:
+            actual = (folder / name).stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if actual != size:
+            return f"{name} has {actual} bytes, not the {size} it was written with"
+    try:
+        pd.read_csv(folder / CATALOG)
+    except (ValueError, UnicodeDecodeError) as error:  # pandas' EmptyDataError and ParserError are ValueErrors
+        return f"{CATALOG} does not read as a table ({type(error).__name__})"
+    return None
+
+
+def _write_manifest(folder: Path) -> None:
+    """Record the size of every file under ``folder`` in its ``manifest.json``."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    (folder / MANIFEST).write_text(json.dumps({p.relative_to(folder).as_posix(): p.stat().st_size for p in files}))
+
+
 def ensure_generated(
     family: str,
     mode: str,
@@ -146,7 +184,7 @@ def ensure_generated(
     verbose: bool = True,
     wait_s: float = LOCK_WAIT_S,
 ) -> Path:
-    """Return the dataset folder, generating it first if it is missing.
+    """Return the dataset folder, generating it first if it is missing or damaged (:func:`dataset_damage`).
 
     Args:
         family: the data family's name, e.g. ``"fields"``.
@@ -158,14 +196,16 @@ def ensure_generated(
         wait_s: how long to wait for another process generating the same dataset (see :func:`target_lock`).
     """
     target = dataset_dir(family, mode, seed)
-    if (target / CATALOG).is_file():
+    if dataset_damage(target) is None:
         return target
     with explain_cache_errors(), target_lock(target, wait_s):
-        if (target / CATALOG).is_file():  # another process generated it while we waited
+        damage = dataset_damage(target)
+        if damage is None:  # another process generated it while we waited
             return target
         for leftover in target.parent.glob(f"{_TMP_MARK}{target.name}-*"):
             shutil.rmtree(leftover, ignore_errors=True)  # an earlier run was interrupted
-        if target.exists():  # a folder without its catalog is incomplete: never use it
+        if target.exists():  # incomplete or damaged: never use it
+            print(f"the cached {family} data in {target} is damaged ({damage}): generating it again")
             shutil.rmtree(target)
         tmp = target.parent / f"{_TMP_MARK}{target.name}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
@@ -174,6 +214,7 @@ def ensure_generated(
             generate(tmp, mode, seed)
             if not (tmp / CATALOG).is_file():
                 raise RuntimeError(f"the {family} generator wrote no {CATALOG}; the dataset is incomplete.")
+            _write_manifest(tmp)
             tmp.rename(target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -188,7 +229,8 @@ def read_catalog(folder: Path, split: str | None = None, region: str | None = No
 
     Raises:
         FileNotFoundError: when ``folder`` holds no catalog (generate the data first).
-        ValueError: when the filter leaves nothing, naming the values that exist.
+        ValueError: when the catalog is empty or damaged (naming it and the command that generates it again), or
+            the filter leaves nothing, naming the values that exist.
     """
     path = Path(folder) / CATALOG
     if not path.is_file():
@@ -196,7 +238,14 @@ def read_catalog(folder: Path, split: str | None = None, region: str | None = No
             f"no {CATALOG} in {folder}: the data is not generated. Call the family's load/ensure "
             "function, or run `make data`."
         )
-    table = pd.read_csv(path)
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as error:  # pandas' EmptyDataError and ParserError are ValueErrors
+        raise ValueError(
+            f"the catalog {path} is empty or damaged ({type(error).__name__}: {str(error).strip()[:120]}): generate "
+            "the data again with `make data` (same COURSE_MODE and COURSE_SEED) or by rerunning the notebook cell "
+            "that loads it; a damaged dataset is generated anew."
+        ) from error
     for column, value in (("split", split), ("region", region)):
         if value is not None:
             if value not in set(table[column]):
