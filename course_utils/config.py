@@ -202,24 +202,26 @@ def get_device(prefer: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-CPU_TORCH_THREADS = 1
-"""PyTorch's intra-op threads for a notebook on a CPU. The course's models are small (U-Nets of width 16 on
-128-pixel crops, small ViTs, per-parcel sequence models): on a 2-core machine shared with other work, one thread
-trained the lite field U-Net about four times as fast as two (``benchmarks/bench_training.py --threads``), and
-the other core is left to a DataLoader worker or to a second training run side by side
-(:func:`course_utils.parallel.run_side_by_side`). ``COURSE_TORCH_THREADS`` overrides it."""
-
-
 def default_torch_threads() -> int:
-    """PyTorch threads :func:`setup_notebook` sets on a CPU: ``COURSE_TORCH_THREADS``, else :data:`CPU_TORCH_THREADS`.
+    """PyTorch threads :func:`setup_notebook` sets on a CPU: ``COURSE_TORCH_THREADS``, else ``OMP_NUM_THREADS``,
+    else every core this process may use.
+
+    Measured with ``benchmarks/bench_training.py --threads`` (lite field U-Net, 2-core machine): alone, two threads
+    trained 1.3 times as fast as one (18.5 against 14.5 samples/s); beside another busy process, one thread was
+    about four times as fast as two, which then wait on each other. So a notebook running alone uses every core,
+    a test run that shares the cores between notebooks sets ``OMP_NUM_THREADS=1``, and trainings run side by side
+    (:func:`course_utils.parallel.run_side_by_side`) get one thread each.
 
     Raises:
-        ValueError: if ``COURSE_TORCH_THREADS`` is not a whole number >= 1.
+        ValueError: if the variable that sets it is not a whole number >= 1.
     """
-    value = os.environ.get("COURSE_TORCH_THREADS", "").strip() or str(CPU_TORCH_THREADS)
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"COURSE_TORCH_THREADS={value!r} is not a thread count; use a whole number >= 1.")
-    return int(value)
+    for name in ("COURSE_TORCH_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{name}={value!r} is not a thread count; use a whole number >= 1.")
+            return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -267,10 +268,14 @@ def test_claims_are_saved_reported_and_counted(results_folder: Path, capsys: pyt
 
 def test_setup_notebook_sets_the_course_torch_threads_on_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    monkeypatch.delenv("COURSE_TORCH_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a test run that shares the cores between notebooks
     threads = torch.get_num_threads()
     try:
         config.setup_notebook("99_test", mode="smoke")
-        assert torch.get_num_threads() == config.CPU_TORCH_THREADS
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert config.default_torch_threads() == len(os.sched_getaffinity(0))  # alone: every usable core
         monkeypatch.setenv("COURSE_TORCH_THREADS", "2")
         config.setup_notebook("99_test", mode="smoke")
         assert torch.get_num_threads() == 2
