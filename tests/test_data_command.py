@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,15 @@ def test_interrupted_make_data_says_what_and_that_a_rerun_resumes(
     assert command.main(["--mode", "smoke", "--seed", "0"]) == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("make data: interrupted while generating fields (smoke, seed 0)") and "again" in err
+
+
+@pytest.mark.parametrize("family", ["fields", "landscape", "parcels"])
+def test_each_family_generates_the_seed_of_the_environment(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = importlib.import_module(f"course_utils.data.{family}")
+    generated: list[int] = []
+    monkeypatch.setattr(module, "ensure_generated", lambda name, mode, seed, generate: generated.append(seed))
+    monkeypatch.setenv("COURSE_SEED", "4")
+    ensure = data.FAMILIES[family]
+    ensure("smoke")
+    ensure("smoke", seed=2)  # an explicit seed wins
+    assert generated == [4, 2]

@@ -47,7 +47,7 @@ from rasterio.transform import Affine
 from scipy import ndimage
 from shapely.geometry import LineString, Polygon
 
-from course_utils.config import by_mode, data_family, get_mode
+from course_utils.config import by_mode, course_seed, data_family, get_mode
 from course_utils.data.store import band_statistics, ensure_generated, read_catalog, worker_pool
 from course_utils.geo import rasterize_fields, read_raster, write_raster
 
@@ -580,9 +580,12 @@ def generate(folder: Path, mode: str, seed: int) -> None:
     pd.DataFrame(rows).to_csv(folder / "catalog.csv", index=False)
 
 
-def ensure_fields(mode: str | None = None, seed: int = 0) -> Path:
-    """The field-scene dataset's folder, generated on first use (seconds in smoke/lite)."""
-    return ensure_generated(FAMILY, mode or get_mode(), seed, generate)
+def ensure_fields(mode: str | None = None, seed: int | None = None) -> Path:
+    """The field-scene dataset's folder, generated on first use (seconds in smoke/lite).
+
+    ``mode`` and ``seed`` default to ``COURSE_MODE`` and ``COURSE_SEED``.
+    """
+    return ensure_generated(FAMILY, mode or get_mode(), course_seed() if seed is None else seed, generate)
 
 
 def ndvi(

@@ -42,7 +42,7 @@ from rasterio.transform import from_origin
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from course_utils.config import by_mode, data_family, get_mode
+from course_utils.config import by_mode, course_seed, data_family, get_mode
 from course_utils.data.store import CATALOG, band_statistics, ensure_generated, read_catalog
 from course_utils.geo import read_raster, write_raster
 
@@ -675,9 +675,12 @@ def generate(folder: Path, mode: str, seed: int) -> None:
     pd.DataFrame(rows).to_csv(Path(folder) / CATALOG, index=False)
 
 
-def ensure_landscape(mode: str | None = None, seed: int = 0) -> Path:
-    """The folder of the landscape dataset for ``mode`` (default: ``COURSE_MODE``), generated on first use."""
-    return ensure_generated(FAMILY, mode or get_mode(), seed, generate)
+def ensure_landscape(mode: str | None = None, seed: int | None = None) -> Path:
+    """The folder of the landscape dataset, generated on first use.
+
+    ``mode`` and ``seed`` default to ``COURSE_MODE`` and ``COURSE_SEED``.
+    """
+    return ensure_generated(FAMILY, mode or get_mode(), course_seed() if seed is None else seed, generate)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ import torch
 from pyproj import Transformer
 from torch.utils.data import Dataset
 
-from course_utils.config import by_mode, data_family, get_mode
+from course_utils.config import by_mode, course_seed, data_family, get_mode
 from course_utils.data.store import band_statistics, ensure_generated, read_catalog
 
 FAMILY = data_family("parcels")  # versioned: see course_utils.config.DATA_VERSIONS
@@ -174,9 +174,12 @@ COVER_RANGE = (0.5, 1.5)
 """The range of the factor on a parcel's winter and regrowth cover (weeds, cover crops, sowing density)."""
 
 
-def ensure_parcels(mode: str | None = None, seed: int = 0) -> Path:
-    """The parcel dataset's folder for ``mode`` (default: ``COURSE_MODE``) and ``seed``, generated if missing."""
-    return ensure_generated(FAMILY, mode or get_mode(), seed, generate)
+def ensure_parcels(mode: str | None = None, seed: int | None = None) -> Path:
+    """The parcel dataset's folder, generated if missing.
+
+    ``mode`` and ``seed`` default to ``COURSE_MODE`` and ``COURSE_SEED``.
+    """
+    return ensure_generated(FAMILY, mode or get_mode(), course_seed() if seed is None else seed, generate)
 
 
 def generate(folder: Path, mode: str, seed: int) -> None:
