@@ -431,8 +431,13 @@ def train_on_scene(
         )  # fmt: skip
         net.cpu()
 
-    print(f"[2/5] the U-Net ({mode} recipe: {settings['epochs']} epochs of {settings['samples_per_epoch']} crops "
-          f"of {crop} px)")  # fmt: skip
+    defaults = FIELD_UNET_RECIPE[mode]  # say so when the overrides shorten or change the mode's recipe
+    shortened = any(settings[key] < defaults[key] for key in ("epochs", "samples_per_epoch"))
+    changed = any(settings[key] != value for key, value in defaults.items())
+    which = f"{mode} recipe" + (", shortened" if shortened else ", changed" if changed else "")
+    unshortened = f"; unshortened: {defaults['epochs']} epochs of {defaults['samples_per_epoch']}" if shortened else ""
+    print(f"[2/5] the U-Net ({which}: {settings['epochs']} epochs of {settings['samples_per_epoch']} crops "
+          f"of {crop} px{unshortened})")  # fmt: skip
     base = checkpoint_dir() / f"field_unet_{image.stem}_{mode}_seed{seed}.pt"
     loaded = load_or_train(model, base, train_model, settings)
     model.eval()
@@ -483,7 +488,9 @@ def train_on_scene(
         for file in (prediction, polygons, staging / "scores.json"):
             os.replace(file, output / file.name)
     columns = ("edge_f1", "miou", "extent_iou", "field_precision", "field_recall", "field_f1")
-    print(f"\ntest part of {image.name} ({scene.field_counts['test']} fields):")
+    pieces = next(iter(scores.values()))["reference_fields"]  # the same reference pieces for every method
+    print(f"\ntest part of {image.name} ({scene.field_counts['test']} fields in the split; {pieces} clipped pieces "
+          "of at least 4 px scored):")
     print(f"{'method':16s}" + "".join(f"{c:>17s}" for c in columns))
     for name, values in scores.items():
         print(f"{name:16s}" + "".join(f"{values[c]:17.3f}" for c in columns))
