@@ -103,6 +103,9 @@ def test_fields_found_counts_matched_interiors_and_not_merged_ones() -> None:
     assert fields_found(truth, truth).tolist() == [[2, 2]]
     assert fields_found(merged, truth).tolist() == [[0, 2]]
     assert fields_found(shifted, truth).tolist() == [[1, 2]]
+    half = truth.copy()
+    half[0, 1:3, 5:8] = 2  # the right field keeps half its rows: IoU exactly 0.5 counts, as in match_fields
+    assert fields_found(half, truth).tolist() == [[2, 2]]
     assert share_found(np.array([[1, 2], [3, 4]])) == pytest.approx(4 / 6)
 
 

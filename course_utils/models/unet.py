@@ -315,7 +315,8 @@ def extent_iou(cm: np.ndarray) -> float:
 
 
 def fields_found(predicted: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Per chip ``[N, 2]``: true fields found (matched by one predicted field with IoU > ``threshold``), true fields.
+    """Per chip ``[N, 2]``: true fields found (matched by one predicted field with IoU >= ``threshold``, the rule of
+    :func:`course_utils.metrics.match_fields`), true fields.
 
     A field is a connected region of *interior* pixels (edges keep touching fields apart), in the truth and in
     the prediction alike (4-connected). A field merged with its neighbour, or split in two, is not found.
@@ -331,7 +332,7 @@ def fields_found(predicted: np.ndarray, truth: np.ndarray, threshold: float = 0.
                             minlength=(n_true + 1) * (n_found + 1)).reshape(n_true + 1, n_found + 1)  # fmt: skip
         true_area, found_area = pairs.sum(1, keepdims=True), pairs.sum(0, keepdims=True)
         iou = pairs / np.maximum(true_area + found_area - pairs, 1)
-        counts.append((int((iou[1:, 1:] > threshold).any(1).sum()), n_true))
+        counts.append((int((iou[1:, 1:] >= threshold).any(1).sum()), n_true))
     return np.array(counts, dtype=np.int64)
 
 
