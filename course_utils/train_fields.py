@@ -405,9 +405,10 @@ def train_on_scene(
     print(f"[1/5] reading {image.name}, burning the field polygons, splitting into blocks")
     scene = FieldScene(image, fields, bands=bands, band_names=band_names, block=block or 2 * crop,
                        buffer=crop // 4 if buffer is None else buffer, area=area)  # fmt: skip
+    in_buffers = len(scene.fields) - sum(scene.field_counts.values())
     print(f"      bands {', '.join(scene.band_names)}; {len(scene.fields)} fields (train, val, test: "
-          f"{', '.join(map(str, scene.field_counts.values()))}); blocks of {scene.split.block} px, buffer "
-          f"{scene.split.buffer} px")  # fmt: skip
+          f"{', '.join(map(str, scene.field_counts.values()))}; {in_buffers} centred in a buffer strip or outside "
+          f"the parts); blocks of {scene.split.block} px, buffer {scene.split.buffer} px")  # fmt: skip
     other = len(resolve_bands(predict, bands, band_names)[0]) if predict is not None else len(scene.indexes)
     if other != len(scene.indexes):
         raise ValueError(f"{Path(predict).name} gives {other} bands but the "
@@ -455,12 +456,14 @@ def train_on_scene(
     forest = PixelForest(trees=by_mode(mode, smoke=10, lite=40, full=100),
                          pixels=by_mode(mode, smoke=5_000, lite=30_000, full=60_000), red=red_at, nir=nir_at,
                          neighbourhood=2, seed=seed)  # fmt: skip
-    forest.depth, _ = choose_forest_depth(forest, by_mode(mode, smoke=(6, 12), lite=(8, 14, 20), full=(8, 14, 20)),
-                                          train_part, val_part)  # fmt: skip
+    depths = by_mode(mode, smoke=(6, 12), lite=(8, 14, 20, 28), full=(8, 14, 20, 28))
+    forest.depth, _ = choose_forest_depth(forest, depths, train_part, val_part)
     forest.fit(*train_part)
     score_name = "NDVI" if rule.band is None else f"band {positions[rule.band]}"
+    edge = " (the deepest tried)" if forest.depth == max(depths) else " (the shallowest tried)" if forest.depth == min(
+        depths) else ""  # fmt: skip
     print(f"      threshold rule: {score_name} {'>' if rule.above else '<'} {rule.threshold:.4g}; forest depth "
-          f"{forest.depth}")  # fmt: skip
+          f"{forest.depth}{edge} of {', '.join(map(str, depths))}")  # fmt: skip
 
     output = Path(out_dir) if out_dir is not None else results_dir() / "train_fields" / image.stem
     output.parent.mkdir(parents=True, exist_ok=True)
