@@ -40,3 +40,19 @@ def test_composite_orders_bands_and_checks_them() -> None:
 def test_show_mask_draws_the_classes() -> None:
     ax = show_mask(np.array([[0, 1], [2, 1]]))
     assert ax.images[0].get_array().max() == 2 and ax.get_legend() is not None
+
+
+def test_stretch_from_clear_pixels_ignores_bright_clouds():
+    import numpy as np
+
+    from course_utils.plot import composite, stretch
+
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.02, 0.1, (3, 20, 20)).astype(np.float32)
+    cloudy = np.zeros((20, 20), bool)
+    cloudy[:8] = True
+    image[:, cloudy] = 0.45
+    whole, clear = stretch(image), stretch(image, clear=~cloudy)
+    assert clear[:, ~cloudy].mean() > 2 * whole[:, ~cloudy].mean()  # the ground is no longer dark
+    assert np.allclose(clear[:, cloudy], 1.0)  # clouds saturate
+    assert composite(image, (0, 1, 2), clear=~cloudy).shape == (20, 20, 3)
