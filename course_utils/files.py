@@ -92,5 +92,10 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 
 def stop_cleanly_on_sigterm() -> None:
     """Make SIGTERM (``kill``, a closed terminal's session manager, a job scheduler) stop this process as Ctrl-C
-    does, so ``finally`` blocks and :func:`atomic_path` clean up. Call it from a command-line entry point."""
+    does, so ``finally`` blocks and :func:`atomic_path` clean up. Call it from a command-line entry point.
+
+    SIGTERM is also unblocked: a process inherits its parent's blocked signals, and a parent that was spawning a
+    helper at the time (loky's resource tracker blocks SIGINT and SIGTERM while it does) would leave it pending."""
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})

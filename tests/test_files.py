@@ -94,3 +94,12 @@ def test_a_full_disk_is_called_a_full_disk(tmp_path: Path, monkeypatch: pytest.M
             tmp.write_bytes(b"x")
             raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")  # torch.save
     assert caught.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_stops_a_writer_whose_parent_blocked_it(tmp_path: Path) -> None:
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # the child inherits the mask
+    try:
+        temporary = killed_writer(tmp_path / "scene.tif", signal.SIGTERM)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    assert not temporary.exists() and list(tmp_path.iterdir()) == []
