@@ -24,7 +24,8 @@ from scipy import ndimage
 from sklearn.ensemble import RandomForestClassifier
 
 from course_utils.data.fields import ndvi
-from course_utils.metrics import confusion_matrix, iou_per_class
+from course_utils.metrics import confusion_matrix
+from course_utils.models.unet import class_miou
 
 #: Label value of pixels that fitting and scoring leave out.
 IGNORE = 255
@@ -36,8 +37,7 @@ NDVI_THRESHOLDS = np.linspace(-0.1, 0.9, 51)
 def masks_miou(predicted: np.ndarray, labels: np.ndarray) -> float:
     """Mean IoU over the three classes of labels ``[..., H, W]`` (a class neither present nor predicted counts 0),
     leaving out :data:`IGNORE` pixels."""
-    cm = confusion_matrix(predicted, labels, 3, ignore_index=IGNORE)
-    return float(np.nan_to_num(iou_per_class(cm)).mean())
+    return class_miou(confusion_matrix(predicted, labels, 3, ignore_index=IGNORE))
 
 
 def with_edges(extent: np.ndarray, edge_px: int = 1) -> np.ndarray:

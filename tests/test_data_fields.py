@@ -92,7 +92,7 @@ def test_same_seed_same_files_other_seed_other_data(smoke: Path, catalog: pd.Dat
     for seed in (0, 1):
         for job in fields._chip_jobs("smoke", seed):
             if job[1] in wanted:
-                rows[seed, job[1]], _ = fields._write_chip(tmp_path / f"seed{seed}", *job)
+                rows[seed, job[1]], _, _ = fields._write_chip(tmp_path / f"seed{seed}", *job)
     for chip_id in wanted:
         assert rows[0, chip_id] == catalog.set_index("id").loc[chip_id].to_dict() | {"id": chip_id}
         assert rows[1, chip_id]["n_fields"] != rows[0, chip_id]["n_fields"]

@@ -475,9 +475,11 @@ def label_mask(fields: gpd.GeoDataFrame, profile: dict[str, Any]) -> np.ndarray:
 
 
 def _write_chip(
-    folder: Path, region_name: str, chip_id: str, split: str, size: int, origin: tuple[float, float], seed: list[int]
-) -> tuple[dict[str, Any], gpd.GeoDataFrame]:
-    """Generate, write and describe one chip or scene; returns its catalog row and its fields."""
+    folder: Path, region_name: str, chip_id: str, split: str, size: int, origin: tuple[float, float], seed: list[int],
+    dates: int = 0,
+) -> tuple[dict[str, Any], gpd.GeoDataFrame, list[dict[str, Any]]]:
+    """Generate, write and describe one chip or scene and its place on ``dates`` other dates (the archive);
+    returns its catalog row, its fields and the archive's rows."""
     region = REGIONS[region_name]
     rng = np.random.default_rng(seed)
     land = lay_out(rng, region, size, size)
@@ -500,26 +502,25 @@ def _write_chip(
     }
     write_raster(folder / row["image"], image, {**profile, "dtype": "uint16"})
     write_raster(folder / row["label"], label, {**profile, "nodata": None})
-    return row, fields
+    archive = [_write_archive_date(folder, land, region, chip_id, split, profile, seed, k) for k in range(1, dates + 1)]
+    return row, fields, archive
 
 
 def _write_archive_date(
-    folder: Path, region_name: str, chip_id: str, split: str, size: int, origin: tuple[float, float], seed: list[int],
+    folder: Path, land: Landscape, region: Region, chip_id: str, split: str, profile: dict[str, Any], seed: list[int],
     date_index: int,
 ) -> dict[str, Any]:
-    """Image one chip's place again on another date (:meth:`Acquisition.draw`); returns its archive catalog row.
+    """Image one chip's laid-out place again on another date (:meth:`Acquisition.draw`); returns its archive row.
 
-    The layout is laid out again from the chip's own seed, so fields and labels are the chip's; the date's
-    conditions and the rendering draw from ``seed + [date_index]``.
+    Fields and labels are the chip's; the date's conditions and the rendering draw from ``seed + [date_index]``,
+    never from the chip's own random stream.
     """
-    region = REGIONS[region_name]
-    land = lay_out(np.random.default_rng(seed), region, size, size)
+    size = profile["height"]
     rng = np.random.default_rng([*seed, date_index])
     date = Acquisition.draw(rng)
     seen = date.on(region)
     cloudy = bool(rng.random() < date.cloud_share)
     image = observe(rng, seen, render(rng, seen, land, size, size, date), cloudy=cloudy, offset=date.offset)
-    profile = _profile(region, origin, size)
     row = {
         "id": f"{chip_id}-d{date_index}",
         "region": region.name,
@@ -566,16 +567,15 @@ def generate(folder: Path, mode: str, seed: int) -> None:
     on their number. Polygons go to one GeoPackage per region, ``fields/<region>.gpkg`` (layer ``fields``).
     """
     folder = Path(folder)
-    jobs = _chip_jobs(mode, seed)
-    dated = [(*job, date) for job in jobs if job[2] != "scene" for date in range(1, _sizes(mode)["dates"] + 1)]
+    jobs = [(*job, 0 if job[2] == "scene" else _sizes(mode)["dates"]) for job in _chip_jobs(mode, seed)]
     with worker_pool() as pool:
         results = list(pool.map(_write_chip, [folder] * len(jobs), *zip(*jobs, strict=True)))
-        archive = list(pool.map(_write_archive_date, [folder] * len(dated), *zip(*dated, strict=True)))
-    pd.DataFrame(archive).to_csv(folder / ARCHIVE / "catalog.csv", index=False)
-    rows = [row for row, _ in results]
+    pd.DataFrame([row for *_, archive in results for row in archive]).to_csv(folder / ARCHIVE / "catalog.csv",
+                                                                             index=False)  # fmt: skip
+    rows = [row for row, _, _ in results]
     (folder / "fields").mkdir(exist_ok=True)
     for region in REGIONS:
-        tables = [fields for row, fields in results if row["region"] == region]
+        tables = [fields for row, fields, _ in results if row["region"] == region]
         pd.concat(tables, ignore_index=True).to_file(folder / f"fields/{region}.gpkg", layer="fields", driver="GPKG")
     pd.DataFrame(rows).to_csv(folder / "catalog.csv", index=False)
 
