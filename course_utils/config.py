@@ -221,7 +221,14 @@ def default_torch_threads() -> int:
             if not value.isdigit() or int(value) < 1:
                 raise ValueError(f"{name}={value!r} is not a thread count; use a whole number >= 1.")
             return int(value)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return available_cpus()
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and schedulers restrict)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -37,8 +37,7 @@ import psutil
 import torch
 from joblib.externals.loky import get_reusable_executor
 
-from course_utils.config import seed_everything
-from course_utils.train import available_cpus
+from course_utils.config import available_cpus, seed_everything
 
 T = TypeVar("T")
 
@@ -146,7 +145,7 @@ def run_side_by_side(
             Return something small (numbers, arrays, a log, a state dict), not a model on the GPU.
         jobs: the keyword arguments of each call.
         workers: jobs at a time, this process included; default one per usable core
-            (:func:`course_utils.train.available_cpus`), or 1 on a CUDA machine (one GPU trains one model at a
+            (:func:`course_utils.config.available_cpus`), or 1 on a CUDA machine (one GPU trains one model at a
             time best), never more than the jobs.
         memory_per_job_mb: memory a worker process adds while it runs a job: its own, not the libraries it
             shares with this process (about 450 MB with torch and the course's models imported, plus the job's

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from tqdm import tqdm  # the text bar: works in terminals and notebooks without ipywidgets
 
-from course_utils.config import DATA_VERSIONS
+from course_utils.config import DATA_VERSIONS, available_cpus
 from course_utils.files import atomic_path
 from course_utils.metrics import accuracy, mean_f1, mean_iou
 
@@ -81,13 +81,6 @@ def _batch_size(target: Any) -> int:
     elif isinstance(target, tuple | list):
         target = target[0]
     return len(target)
-
-
-def available_cpus() -> int:
-    """CPU cores this process may run on (its affinity mask, which containers and schedulers restrict)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def loader_options(device: torch.device, num_workers: int | None = None) -> dict[str, Any]:
