@@ -86,7 +86,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+def raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    """A signal handler that stops the process as Ctrl-C does (``finally`` blocks run)."""
     raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
 
 
@@ -96,6 +97,6 @@ def stop_cleanly_on_sigterm() -> None:
 
     SIGTERM is also unblocked: a process inherits its parent's blocked signals, and a parent that was spawning a
     helper at the time (loky's resource tracker blocks SIGINT and SIGTERM while it does) would leave it pending."""
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})

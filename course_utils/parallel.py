@@ -38,6 +38,7 @@ import torch
 from joblib.externals.loky import get_reusable_executor
 
 from course_utils.config import available_cpus, seed_everything
+from course_utils.files import raise_keyboard_interrupt
 
 T = TypeVar("T")
 
@@ -98,10 +99,7 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
         return
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
         yield
     finally:
