@@ -26,19 +26,19 @@ spec.loader.exec_module(run_course)
 
 def test_usage_goes_into_this_runs_results_file_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COURSE_RESULTS_DIR", str(tmp_path))
-    since = time.time()
-    (tmp_path / "00_welcome.json").write_text(json.dumps({"notebook": "00_welcome", "seconds": 50.0}))
-    old = tmp_path / "01_mlp_basics.json"
-    old.write_text(json.dumps({"notebook": "01_mlp_basics", "seconds": 70.0}))
-    os.utime(old, (since - 3600, since - 3600))  # written by an earlier run: this run's notebook failed
+    this_run = "20260101T000000-1"
+    (tmp_path / "00_welcome.json").write_text(json.dumps({"notebook": "00_welcome", "seconds": 50.0,
+                                                          "run_id": this_run}))  # fmt: skip
+    old = tmp_path / "01_mlp_basics.json"  # written by an earlier run: this run's notebook failed
+    old.write_text(json.dumps({"notebook": "01_mlp_basics", "seconds": 70.0, "run_id": "20240101T000000-1"}))
 
-    added = run_course.record_usage("00_welcome", since, wall_s=60.0, cpu_s=103.2)
+    added = run_course.record_usage("00_welcome", this_run, wall_s=60.0, cpu_s=103.2)
     assert added == {"wall_seconds": 60.0, "cpu_seconds": 103.2, "cores_used": 1.72}
     assert json.loads((tmp_path / "00_welcome.json").read_text()) == {"notebook": "00_welcome", "seconds": 50.0,
-                                                                       **added}  # fmt: skip
-    assert run_course.record_usage("01_mlp_basics", since, wall_s=60.0, cpu_s=60.0) is None
+                                                                       "run_id": this_run, **added}  # fmt: skip
+    assert run_course.record_usage("01_mlp_basics", this_run, wall_s=60.0, cpu_s=60.0) is None
     assert "cores_used" not in json.loads(old.read_text())
-    assert run_course.record_usage("02_cnn_unet_fields", since, wall_s=1.0, cpu_s=1.0) is None
+    assert run_course.record_usage("02_cnn_unet_fields", this_run, wall_s=1.0, cpu_s=1.0) is None
 
 
 def test_children_cpu_seconds_counts_a_finished_child() -> None:

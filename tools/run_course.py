@@ -84,16 +84,21 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def record_usage(notebook: str, since: float, wall_s: float, cpu_s: float) -> dict[str, float] | None:
+def record_usage(notebook: str, run_id: str, wall_s: float, cpu_s: float) -> dict[str, float] | None:
     """Add a run's wall and CPU seconds and ``cores_used`` (their ratio) to ``results/<notebook>.json``.
 
-    Only a file written since ``since`` (a ``time.time()``) is changed: it is this run's. Returns what was added.
+    Only a file that run ``run_id`` wrote is changed (the ``run_id`` that :func:`course_utils.report.save_results`
+    records, as :func:`print_results` tells this run's rows). Returns what was added.
     """
     path = results_dir() / f"{notebook}.json"
-    if not path.is_file() or path.stat().st_mtime < since:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):  # none, or not readable: print_results names it
+        return None
+    if not isinstance(record, dict) or record.get("run_id") != run_id:
         return None
     usage = {"wall_seconds": round(wall_s, 1), "cpu_seconds": round(cpu_s, 1), "cores_used": round(cpu_s / wall_s, 2)}
-    record = json.loads(path.read_text()) | usage
+    record |= usage
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=2))
     return usage
@@ -139,7 +144,7 @@ def main(names: list[str]) -> int:
     failed = []
     for done, path in enumerate(paths):
         print(f"running {path.name} ...", flush=True)
-        since, cpu_before = time.time(), children_cpu_seconds()
+        cpu_before = children_cpu_seconds()
         try:
             ok, seconds = run_notebook(path)
         except KeyboardInterrupt:
@@ -147,7 +152,7 @@ def main(names: list[str]) -> int:
                   "run `make course` again to resume: the data and trained checkpoints already made are reused.",
                   file=sys.stderr)  # fmt: skip
             return 130
-        usage = record_usage(path.stem, since, seconds, children_cpu_seconds() - cpu_before)
+        usage = record_usage(path.stem, run_id, seconds, children_cpu_seconds() - cpu_before)
         cores = f", {usage['cores_used']:.2f} cores used" if usage else ""
         print(f"  {'done' if ok else 'FAILED'} in {seconds / 60:.1f} min{cores} -> {EXECUTED / path.name}")
         if not ok:
